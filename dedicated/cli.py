@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # (module, what it adds) — imported lazily so `dedicated cluster up` never imports torch.
 COMMAND_MODULES: tuple[str, ...] = (
+    "dedicated.operator.crdgen",  # crds generate [--check]
 )
 
 
