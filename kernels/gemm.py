@@ -1,0 +1,171 @@
+"""Fused dequant-GEMM: bf16 activations ``[M, K]`` x packed 2/4-bit weight ``[N, K]`` -> ``[M, N]``.
+
+One Triton kernel serves dense layers and (through :mod:`dedicated.kernels.moe_gemm`) grouped MoE
+experts. Per K tile it unpacks the packed words to bf16 ``128 + stored`` (exact, no int->float
+conversion, see :mod:`dedicated.kernels.unpack`), runs the tensor-core product, removes the bias
+with ``(128 + offset) * rowsum(A)`` and applies the group scale in fp32. The scale is applied to
+the partial product rather than to the weights, so the result is as exact as a bf16 GEMM on the
+fp32-dequantized weight; a K tile never straddles two scale groups.
+
+``swap_ab`` computes ``C^T = W A^T`` so that the weight rows fill the tensor core's M side (64+)
+and the few tokens of a decode step sit on its narrow N side (16) instead of wasting a 64-row tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+from dedicated.kernels.dequant import check_packed, resolve_offset
+from dedicated.kernels.unpack import is_interpreted, mma, tile_k_order, unpack_biased
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Tile shape and schedule of one launch (the benchmark sweeps these on the GPU)."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    swap_ab: bool = True
+    mode: int = 1  # unpack mode: 0 interleave, 1 Marlin-style pairs (see unpack.py)
+    num_warps: int = 4
+    num_stages: int = 4
+
+    def for_group(self, group_size: int) -> "GemmConfig":
+        """Clamp the K tile so it never straddles a scale group."""
+        return self if self.block_k <= group_size else replace(self, block_k=group_size)
+
+    def short(self) -> str:
+        return (
+            f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
+            f"u{self.mode}w{self.num_warps}p{self.num_stages}"
+        )
+
+
+@triton.jit
+def dq_gemm_kernel(
+    a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr,
+    sorted_ids_ptr, expert_ids_ptr, npad_ptr,
+    M, N, K, NUM_VALID, NUM_PID_M,
+    stride_am, stride_ak, stride_we, stride_wn, stride_se, stride_sn, stride_cm, stride_cn,
+    BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr,
+    IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    PW: tl.constexpr = 32 // BITS
+    pid = tl.program_id(0)
+    # m-blocks vary fastest: neighbouring programs share one weight tile (same expert) in L2.
+    pid_m = pid % NUM_PID_M
+    pid_n = pid // NUM_PID_M
+    if IS_MOE:
+        if pid_m * BLOCK_M >= tl.load(npad_ptr):
+            return
+        ids = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+        row_ok = ids < NUM_VALID
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        a_rows = ids // A_ROW_DIV
+        c_rows = ids
+    else:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        expert = 0
+        a_rows = rows
+        c_rows = rows
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    korder = tile_k_order(BLOCK_K, BITS, MODE)
+    a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + korder[None, :] * stride_ak
+    w_base = w_ptr + expert * stride_we + n[:, None] * stride_wn + tl.arange(0, BLOCK_K // PW)[None, :]
+    s_base = s_ptr + expert * stride_se + n * stride_sn
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = tl.load(a_base + k0 * stride_ak, mask=row_ok[:, None], other=0.0)
+        w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
+        s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
+        b = unpack_biased(w, BITS, MODE)
+        corr = tl.sum(a.to(tl.float32), axis=1) * (128.0 + OFFSET)
+        if SWAP_AB:
+            t = mma(b, tl.trans(a), UPCAST)
+            acc += (t - corr[None, :]) * s[:, None]
+        else:
+            t = mma(a, tl.trans(b), UPCAST)
+            acc += (t - corr[:, None]) * s[None, :]
+    if MUL_ROUTED:
+        rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
+        if SWAP_AB:
+            acc = acc * rw[None, :]
+        else:
+            acc = acc * rw[:, None]
+    out = acc.to(c_ptr.dtype.element_ty)
+    if SWAP_AB:
+        c_ptrs = c_ptr + c_rows.to(tl.int64)[None, :] * stride_cm + n[:, None] * stride_cn
+        tl.store(c_ptrs, out, mask=row_ok[None, :] & n_ok[:, None])
+    else:
+        c_ptrs = c_ptr + c_rows.to(tl.int64)[:, None] * stride_cm + n[None, :] * stride_cn
+        tl.store(c_ptrs, out, mask=row_ok[:, None] & n_ok[None, :])
+
+
+def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
+    """Small M: swapped GEMV-like tiles; large M: square tensor-core tiles."""
+    if m <= 32:
+        return GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, num_warps=4, num_stages=4)
+    if m <= 128:
+        return GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, num_warps=4, num_stages=4)
+    return GemmConfig(block_m=128, block_n=128, block_k=64, swap_ab=False, num_warps=8, num_stages=3)
+
+
+def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"activations must be [M, K], got {tuple(x.shape)}")
+    if x.shape[1] != k:
+        raise ValueError(f"activations have K={x.shape[1]} but the packed weight holds K={k}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"activations must be bf16 or fp16, got {x.dtype}")
+    if x.device != packed.device:
+        raise ValueError(f"activations are on {x.device} but weights on {packed.device}")
+
+
+def dequant_gemm(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    bits: int,
+    group_size: int = 128,
+    offset: int | None = None,
+    config: GemmConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ dequantize(packed, scales).T`` for a dense layer, never materialising the weight."""
+    if packed.dim() != 2:
+        raise ValueError(f"dense packed weight must be [N, K*bits/32], got {tuple(packed.shape)}")
+    n, k = check_packed(packed, scales, bits, group_size)
+    check_activations(x, k, packed)
+    off = resolve_offset(bits, offset)
+    m = x.shape[0]
+    cfg = (config or default_dense_config(m, n, k, bits)).for_group(group_size)
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    num_pid_m = triton.cdiv(m, cfg.block_m)
+    grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
+    dq_gemm_kernel[grid](
+        x, packed, scales, out, x,
+        x, x, x,
+        m, n, k, m, num_pid_m,
+        x.stride(0), x.stride(1), 0, packed.stride(0), 0, scales.stride(0), out.stride(0), out.stride(1),
+        BITS=bits, GROUP=group_size, OFFSET=off,
+        IS_MOE=False, A_ROW_DIV=1, MUL_ROUTED=False,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=is_interpreted(dq_gemm_kernel),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out

@@ -1,0 +1,199 @@
+"""Grouped MoE dequant-GEMM over packed expert weights ``[E, N, K*bits/32]`` with top-k routing.
+
+Routing is turned into the usual "sorted token" layout (vLLM's ``moe_align_block_size``): the
+``M * top_k`` (token, expert) pairs are sorted by expert, each expert's run is padded to a
+multiple of ``block_m`` with the sentinel ``M * top_k``, and every ``block_m`` slice gets its
+expert id. Experts with no tokens get no block. Everything is built with torch ops on the device
+and without a host synchronisation, so it can sit inside a CUDA graph; the number of blocks is
+bounded on the host by ``ceil(pairs / block_m) + min(pairs, E)`` and surplus programs exit.
+
+The GEMM itself is :func:`dedicated.kernels.gemm.dq_gemm_kernel`. Gate/up reads activation row
+``pair // top_k`` (``x`` is ``[M, K]``); down reads row ``pair`` (``x`` is ``[M * top_k, K]``) and
+can multiply each output row by its routing weight, so the final MoE output is a plain sum over
+the top-k rows (:func:`fused_moe`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from dedicated.kernels.dequant import check_packed, resolve_offset
+from dedicated.kernels.gemm import GemmConfig, check_activations, dq_gemm_kernel
+from dedicated.kernels.unpack import is_interpreted
+
+
+@dataclass(frozen=True)
+class MoERouting:
+    """Sorted-token layout for one routing decision and one ``block_m``."""
+
+    sorted_ids: torch.Tensor  # int32 [max_blocks * block_m]; sentinel num_pairs for padding
+    expert_ids: torch.Tensor  # int32 [max_blocks]; expert of each block (unused blocks: E - 1)
+    num_padded: torch.Tensor  # int32 [1]; padded length actually used
+    num_tokens: int
+    top_k: int
+    num_experts: int
+    block_m: int
+
+    @property
+    def num_pairs(self) -> int:
+        return self.num_tokens * self.top_k
+
+    @property
+    def max_blocks(self) -> int:
+        return int(self.expert_ids.shape[0])
+
+
+def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
+    """Host-side bound on the number of ``block_m`` blocks, so no device->host sync is needed."""
+    return triton.cdiv(num_pairs, block_m) + min(num_pairs, num_experts)
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERouting:
+    """Sort ``M * top_k`` (token, expert) pairs by expert and pad each expert to ``block_m``."""
+    if topk_ids.dim() != 2:
+        raise ValueError(f"topk_ids must be [M, top_k], got {tuple(topk_ids.shape)}")
+    if topk_ids.dtype.is_floating_point:
+        raise TypeError("topk_ids must be an integer tensor")
+    if block_m <= 0 or block_m & (block_m - 1):
+        raise ValueError(f"block_m must be a positive power of two, got {block_m}")
+    m, top_k = topk_ids.shape
+    device = topk_ids.device
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    pairs = flat.numel()
+    if pairs and not torch.compiler.is_compiling() and flat.device.type == "cpu":
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo < 0 or hi >= num_experts:
+            raise ValueError(f"expert ids must lie in [0, {num_experts}), got [{lo}, {hi}]")
+    nb = max_blocks(pairs, num_experts, block_m)
+    counts = torch.bincount(flat, minlength=num_experts)[:num_experts]
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = torch.cumsum(padded, 0)
+    starts = ends - padded
+    count_starts = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(flat, stable=True)
+    sorted_experts = flat[order]
+    rank = torch.arange(pairs, device=device) - count_starts[sorted_experts]
+    position = starts[sorted_experts] + rank
+    sorted_ids = torch.full((nb * block_m,), pairs, dtype=torch.int32, device=device)
+    sorted_ids[position] = order.to(torch.int32)
+    block_starts = torch.arange(nb, device=device, dtype=torch.int64) * block_m
+    expert_ids = torch.searchsorted(ends, block_starts, right=True).clamp_(max=num_experts - 1)
+    num_padded = ends[-1:].to(torch.int32) if num_experts else torch.zeros(1, dtype=torch.int32, device=device)
+    return MoERouting(
+        sorted_ids=sorted_ids,
+        expert_ids=expert_ids.to(torch.int32),
+        num_padded=num_padded,
+        num_tokens=m,
+        top_k=top_k,
+        num_experts=num_experts,
+        block_m=block_m,
+    )
+
+
+def default_moe_config(num_tokens: int, top_k: int, num_experts: int, n: int, k: int, bits: int) -> GemmConfig:
+    """Config by average tokens per expert (tuned on an H100; see docs/benchmarks-kernels.md)."""
+    from dedicated.kernels.configs import moe_config
+
+    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits)
+
+
+def moe_gemm(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    routing: MoERouting,
+    bits: int,
+    group_size: int = 128,
+    offset: int | None = None,
+    topk_weights: torch.Tensor | None = None,
+    config: GemmConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per (token, expert) pair: ``x_row @ dequantize(W[expert]).T``, output ``[M * top_k, N]``.
+
+    ``x`` is ``[M, K]`` (each token feeds its ``top_k`` experts: gate/up) or ``[M * top_k, K]``
+    (one row per pair: down). ``topk_weights`` ``[M, top_k]``, if given, scales each output row by
+    its routing weight. ``config.block_m`` must equal ``routing.block_m``.
+    """
+    if packed.dim() != 3:
+        raise ValueError(f"MoE packed weights must be [E, N, K*bits/32], got {tuple(packed.shape)}")
+    n, k = check_packed(packed, scales, bits, group_size)
+    check_activations(x, k, packed)
+    off = resolve_offset(bits, offset)
+    e = packed.shape[0]
+    if routing.num_experts != e:
+        raise ValueError(f"routing was built for {routing.num_experts} experts, weights hold {e}")
+    pairs = routing.num_pairs
+    if x.shape[0] == routing.num_tokens:
+        row_div = routing.top_k
+    elif x.shape[0] == pairs:
+        row_div = 1
+    else:
+        raise ValueError(
+            f"activations have {x.shape[0]} rows; expected {routing.num_tokens} (tokens) or {pairs} (pairs)"
+        )
+    cfg = (config or GemmConfig(block_m=routing.block_m)).for_group(group_size)
+    if cfg.block_m != routing.block_m:
+        raise ValueError(f"config.block_m={cfg.block_m} but routing was aligned to {routing.block_m}")
+    if topk_weights is not None:
+        if tuple(topk_weights.shape) != (routing.num_tokens, routing.top_k):
+            raise ValueError(f"topk_weights must be {(routing.num_tokens, routing.top_k)}, got {tuple(topk_weights.shape)}")
+        topk_weights = topk_weights.contiguous()
+    if out is None:
+        out = torch.empty((pairs, n), dtype=x.dtype, device=x.device)
+    if pairs == 0 or n == 0:
+        return out
+    num_pid_m = routing.max_blocks
+    grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
+    rw = topk_weights if topk_weights is not None else x
+    dq_gemm_kernel[grid](
+        x, packed, scales, out, rw,
+        routing.sorted_ids, routing.expert_ids, routing.num_padded,
+        routing.num_tokens, n, k, pairs, num_pid_m,
+        x.stride(0), x.stride(1), packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1),
+        out.stride(0), out.stride(1),
+        BITS=bits, GROUP=group_size, OFFSET=off,
+        IS_MOE=True, A_ROW_DIV=row_div, MUL_ROUTED=topk_weights is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=is_interpreted(dq_gemm_kernel),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU on the fused gate/up output ``[rows, 2 * I]`` (gate first, as in the checkpoints)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate.float()) * up.float()).to(gate_up.dtype)
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    s13: torch.Tensor,
+    w2: torch.Tensor,
+    s2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    bits: int,
+    group_size: int = 128,
+    offset: int | None = None,
+    gate_up_config: GemmConfig | None = None,
+    down_config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum."""
+    m, top_k = topk_ids.shape
+    e = w13.shape[0]
+    n13 = w13.shape[1]
+    k = x.shape[1]
+    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits)
+    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[1], n13 // 2, bits)
+    r13 = moe_align(topk_ids, e, cfg13.block_m)
+    r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
+    h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13)
+    a = silu_and_mul(h)
+    y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2)
+    return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)

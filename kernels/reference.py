@@ -1,0 +1,127 @@
+"""Plain-torch references for every kernel in this package: the same math, no Triton.
+
+They are the specification the tests hold the kernels to, and a drop-in fallback for a quantizer
+that runs where Triton cannot (the GSQ functions are differentiable through torch autograd).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dedicated.kernels.dequant import check_bits, resolve_offset
+from dedicated.quantize_job.bitpack import unpack
+
+
+def dequantize_ref(
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    bits: int,
+    group_size: int = 128,
+    offset: int | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    off = resolve_offset(bits, offset)
+    k = packed.shape[-1] * 32 // bits
+    codes = unpack(packed, bits, k).to(torch.float32) - off
+    return (codes * scales.to(torch.float32).repeat_interleave(group_size, dim=-1)).to(out_dtype)
+
+
+def dequant_gemm_ref(x, packed, scales, bits, group_size=128, offset=None, out_dtype=None) -> torch.Tensor:
+    """fp32 product of the activations with the fp32-dequantized weight, rounded to ``out_dtype``
+    (default: the activations' dtype)."""
+    w = dequantize_ref(packed, scales, bits, group_size, offset, torch.float32)
+    return (x.float() @ w.T).to(out_dtype or x.dtype)
+
+
+def moe_gemm_ref(
+    x, packed, scales, topk_ids, bits, group_size=128, offset=None, topk_weights=None, out_dtype=None
+) -> torch.Tensor:
+    """Output ``[M * top_k, N]``: row ``t * top_k + j`` is token t through expert ``topk_ids[t, j]``."""
+    m, top_k = topk_ids.shape
+    w = dequantize_ref(packed, scales, bits, group_size, offset, torch.float32)
+    rows = x.float() if x.shape[0] == m * top_k else x.float().repeat_interleave(top_k, dim=0)
+    experts = topk_ids.reshape(-1).long()
+    out = torch.einsum("pk,pnk->pn", rows, w[experts])
+    if topk_weights is not None:
+        out = out * topk_weights.reshape(-1, 1).float()
+    return out.to(out_dtype or x.dtype)
+
+
+def fused_moe_ref(x, w13, s13, w2, s2, topk_ids, topk_weights, bits, group_size=128, offset=None) -> torch.Tensor:
+    m, top_k = topk_ids.shape
+    h = moe_gemm_ref(x, w13, s13, topk_ids, bits, group_size, offset)
+    gate, up = h.chunk(2, dim=-1)
+    a = (torch.nn.functional.silu(gate.float()) * up.float()).to(x.dtype)
+    y = moe_gemm_ref(a, w2, s2, topk_ids, bits, group_size, offset, topk_weights)
+    return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- GSQ (Gumbel-Softmax)
+
+
+def grid_points(bits: int, device=None) -> torch.Tensor:
+    """The symmetric scalar grid ``[-2**(bits-1), ..., 2**(bits-1) - 1]`` (2-bit: -2, -1, 0, 1)."""
+    check_bits(bits)
+    half = 1 << (bits - 1)
+    return torch.arange(-half, half, dtype=torch.float32, device=device)
+
+
+def gumbel_from_uniform(u: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniforms in [0, 1), clamped away from 0 and 1 exactly as the kernel."""
+    u = u.clamp(eps, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def gsq_soft_weight_ref(
+    logits: torch.Tensor,
+    scales: torch.Tensor,
+    noise: torch.Tensor | None,
+    tau: float,
+    bits: int,
+    group_size: int = 128,
+) -> torch.Tensor:
+    """``W_soft[n, k] = scale[n, k // group] * sum_j softmax((logits + g) / tau)_j * grid_j``.
+
+    ``logits``/``noise`` are ``[N, K, 2**bits]``; ``noise=None`` means no noise (deterministic
+    relaxation, e.g. for evaluation). Differentiable in ``logits`` and ``scales`` by autograd.
+    """
+    _check_gsq_shapes(logits, scales, bits, group_size, noise)
+    z = logits.float() if noise is None else logits.float() + noise.float()
+    p = torch.softmax(z / tau, dim=-1)
+    w = (p * grid_points(bits, logits.device)).sum(dim=-1)
+    return w * scales.float().repeat_interleave(group_size, dim=-1)
+
+
+def gsq_loss_ref(
+    logits: torch.Tensor,
+    scales: torch.Tensor,
+    weight: torch.Tensor,
+    noise: torch.Tensor | None,
+    tau: float,
+    bits: int,
+    group_size: int = 128,
+    x: torch.Tensor | None = None,
+    hessian: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``||X W_soft^T - X W^T||_F^2``; with ``hessian = X^T X`` the identical ``sum((D H) * D)``."""
+    if (x is None) == (hessian is None):
+        raise ValueError("pass exactly one of x (calibration activations) or hessian (X^T X)")
+    w_soft = gsq_soft_weight_ref(logits, scales, noise, tau, bits, group_size)
+    if x is not None:
+        xf = x.float()
+        return ((xf @ w_soft.T - xf @ weight.float().T) ** 2).sum()
+    d = w_soft - weight.float()
+    return ((d @ hessian.float()) * d).sum()
+
+
+def _check_gsq_shapes(logits, scales, bits, group_size, noise) -> None:
+    levels = 1 << bits
+    if logits.dim() != 3 or logits.shape[-1] != levels:
+        raise ValueError(f"logits must be [N, K, {levels}] for {bits}-bit, got {tuple(logits.shape)}")
+    n, k, _ = logits.shape
+    if k % group_size:
+        raise ValueError(f"K={k} is not a multiple of group_size {group_size}")
+    if tuple(scales.shape) != (n, k // group_size):
+        raise ValueError(f"scales must be {(n, k // group_size)}, got {tuple(scales.shape)}")
+    if noise is not None and noise.shape != logits.shape:
+        raise ValueError(f"noise must match logits {tuple(logits.shape)}, got {tuple(noise.shape)}")

@@ -1,0 +1,119 @@
+"""Grouped MoE dequant-GEMM and its routing layout against plain torch (Triton interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dedicated.kernels import reference as ref
+from dedicated.kernels.gemm import GemmConfig
+from dedicated.kernels.moe_gemm import fused_moe, max_blocks, moe_align, moe_gemm
+from dedicated.quantize_job.bitpack import pack
+
+E = 8
+
+
+def experts_weight(n, k, bits, group, seed):
+    g = torch.Generator().manual_seed(seed)
+    half = 1 << (bits - 1)
+    codes = torch.randint(-half, half, (E, n, k), generator=g)
+    scales = (torch.rand(E, n, k // group, generator=g) * 0.05 + 0.002).to(torch.bfloat16)
+    return pack(codes + half, bits), scales
+
+
+def routing(m, top_k, seed, unused=(6, 7)):
+    """Random distinct experts per token, never choosing the ``unused`` ones (zero-token experts)."""
+    g = torch.Generator().manual_seed(seed)
+    allowed = torch.tensor([e for e in range(E) if e not in unused])
+    ids = torch.stack([allowed[torch.randperm(len(allowed), generator=g)[:top_k]] for _ in range(m)])
+    weights = torch.rand(m, top_k, generator=g)
+    return ids, weights / weights.sum(-1, keepdim=True)
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("block_m", [1, 4, 16])
+def test_moe_align_layout(block_m):
+    m, top_k = 9, 3
+    ids, _ = routing(m, top_k, seed=block_m)
+    r = moe_align(ids, E, block_m)
+    pairs = m * top_k
+    flat = ids.reshape(-1)
+    used = int(r.num_padded)
+    assert r.sorted_ids.numel() == max_blocks(pairs, E, block_m) * block_m >= used
+    real = r.sorted_ids[:used]
+    assert sorted(real[real < pairs].tolist()) == list(range(pairs)), "every pair exactly once"
+    assert (r.sorted_ids[used:] == pairs).all(), "the tail is padding"
+    counts = torch.bincount(flat, minlength=E)
+    assert used == int(((counts + block_m - 1) // block_m * block_m).sum())
+    for b in range(used // block_m):
+        block = r.sorted_ids[b * block_m:(b + 1) * block_m]
+        members = block[block < pairs].long()
+        assert members.numel() > 0, "no block is pure padding"
+        assert (flat[members] == r.expert_ids[b]).all(), "a block holds one expert's pairs"
+    assert not set(r.expert_ids[: used // block_m].tolist()) & {6, 7}, "zero-token experts get no block"
+
+
+def test_moe_align_rejects_bad_input():
+    with pytest.raises(ValueError, match="power of two"):
+        moe_align(torch.zeros(2, 2, dtype=torch.int64), E, 12)
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        moe_align(torch.tensor([[0, 8]]), E, 16)
+    with pytest.raises(ValueError, match="top_k"):
+        moe_align(torch.zeros(4, dtype=torch.int64), E, 16)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=1),
+        GemmConfig(block_m=16, block_n=32, block_k=64, swap_ab=False, mode=0),
+    ],
+    ids=lambda c: c.short(),
+)
+def test_moe_gate_up_and_down(bits, cfg):
+    m, top_k, n, k, group = 5, 3, 40, 256, 128  # 15 pairs: not a multiple of block_m; N ragged too
+    packed, scales = experts_weight(n, k, bits, group, seed=bits)
+    ids, weights = routing(m, top_k, seed=3)
+    r = moe_align(ids, E, cfg.block_m)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    out = torch.full((m * top_k, n), float("nan"))
+    got = moe_gemm(x, packed, scales, r, bits, group, config=cfg, out=out)
+    want = ref.moe_gemm_ref(x, packed, scales, ids, bits, group, out_dtype=torch.float32)
+    assert not got.isnan().any()
+    assert rel_err(got, want) < 1e-5
+    # down: one activation row per pair, each output row scaled by its routing weight
+    xd = torch.randn(m * top_k, k).to(torch.bfloat16)
+    got = moe_gemm(xd, packed, scales, r, bits, group, topk_weights=weights, config=cfg, out=torch.empty(m * top_k, n))
+    want = ref.moe_gemm_ref(xd, packed, scales, ids, bits, group, topk_weights=weights, out_dtype=torch.float32)
+    assert rel_err(got, want) < 1e-5
+
+
+def test_fused_moe_matches_reference():
+    bits, group, m, top_k, hidden, inter = 2, 128, 4, 2, 128, 128
+    w13, s13 = experts_weight(2 * inter, hidden, bits, group, seed=11)
+    w2, s2 = experts_weight(hidden, inter, bits, group, seed=12)
+    ids, weights = routing(m, top_k, seed=5)
+    x = torch.randn(m, hidden).to(torch.bfloat16)
+    got = fused_moe(x, w13, s13, w2, s2, ids, weights, bits, group)
+    want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, weights, bits, group)
+    assert got.shape == (m, hidden) and got.dtype == torch.bfloat16
+    assert rel_err(got, want) < 2e-2  # bf16 intermediates (the interpreter truncates, no rounding)
+
+
+def test_moe_gemm_rejects_mismatches():
+    packed, scales = experts_weight(32, 128, 2, 128, seed=0)
+    ids, _ = routing(3, 2, seed=0)
+    r = moe_align(ids, E, 16)
+    x = torch.zeros(3, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="block_m"):
+        moe_gemm(x, packed, scales, r, 2, config=GemmConfig(block_m=32))
+    with pytest.raises(ValueError, match="rows"):
+        moe_gemm(torch.zeros(5, 128, dtype=torch.bfloat16), packed, scales, r, 2)
+    with pytest.raises(ValueError, match="experts"):
+        moe_gemm(x, packed[:4], scales[:4], r, 2)
+    with pytest.raises(ValueError, match="topk_weights"):
+        moe_gemm(x, packed, scales, r, 2, topk_weights=torch.ones(3, 3))
