@@ -8,9 +8,10 @@ hash and rolls the Deployment out, and the handler can compare hashes instead of
 Choices, with their reasons:
 
 * Startup budget: ``STARTUP_BASE_SECONDS`` plus ``STARTUP_SECONDS_PER_GIB`` per GiB of weights on
-  one GPU, clamped to [10 min, 1 h]. Loading runs at 0.2-2 GB/s (network volume to local NVMe),
-  then torch.compile and CUDA graph capture take 1-3 minutes on a cold cache; the startup probe
-  allows exactly that before the kubelet restarts the container.
+  one GPU, clamped to [10 min, 1 h]. Assumptions, not measurements: weights load at no less than
+  one GiB per 30 s (~36 MB/s, a slow network volume), and torch.compile plus CUDA graph
+  capture fit in the 5-minute base on a cold cache; the startup probe allows that much before the
+  kubelet restarts the container.
 * ``/dev/shm``: a memory-backed emptyDir of ``2 GiB + 2 GiB x TP``: NCCL and vLLM's shared-memory
   message queues between the API server and the engine/worker processes need more than the
   container runtime's 64 MiB default, and more with every tensor-parallel worker. It counts

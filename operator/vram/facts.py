@@ -139,7 +139,9 @@ def parse_quantization(qcfg: dict[str, Any] | None, dtype_name: str) -> Quantiza
     if method == "humming":
         b_dtype = str(qcfg.get("b_dtype", ""))
         digits = "".join(ch for ch in b_dtype if ch.isdigit())
-        return Quantization("humming", int(digits) if digits else None, group, None, (8, 0),
+        # vLLM reads quant_method "humming" from config.json; passing it too makes a mismatch an
+        # explicit start-up error instead of a silent fallback.
+        return Quantization("humming", int(digits) if digits else None, group, "humming", (8, 0),
                             "the Humming MoE kernels need Ampere or newer (sm >= 8.0)")
     if method in ("auto-round", "autoround", "intel/auto-round"):
         return Quantization("auto-round", bits, group, "auto-round", (7, 0),

@@ -21,11 +21,12 @@ KV_DTYPE_BYTES = 2
 STATE_DTYPE_BYTES = 2
 
 #: CUDA context, cuBLAS/cuBLASLt workspaces and allocator slack that vLLM's profiler counts as
-#: "non-torch memory": 0.4-0.7 GiB on A100/H100; rounded up.
+#: "non-torch memory". An estimate on the safe side, not a measurement of ours; vLLM measures the
+#: real figure at start-up.
 CUDA_CONTEXT_GIB = 0.75
 #: NCCL communicators and vLLM's custom all-reduce buffers, per GPU, only with TP > 1.
 TP_COMMUNICATION_GIB = 0.5
-#: CUDA graph pools for the default capture sizes (up to 512 sequences): typically 0.3-1 GiB.
+#: CUDA graph pools for the default capture sizes (up to 512 sequences): an estimate.
 CUDA_GRAPH_GIB = 0.75
 #: Extra CUDA graphs and buffers of the MTP drafter.
 MTP_RUNTIME_GIB = 0.25

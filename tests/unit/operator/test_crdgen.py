@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dedicated.cli import main as cli_main
 from dedicated.operator.api.crd import DEDICATED_ENDPOINT, GROUP, KINDS, QUANTIZED_MODEL, VERSION, build_crd
 from dedicated.operator.api.schema import SchemaError, check_structural, structural_schema
+from dedicated.operator import crdgen
 from dedicated.operator.crdgen import generate, render_crds, stale_files
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -167,6 +167,26 @@ def test_quantized_model_columns() -> None:
 def test_committed_files_are_not_stale() -> None:
     stale = stale_files(ROOT)
     assert not stale, f"run `dedicated crds generate`: stale {[str(p.relative_to(ROOT)) for p in stale]}"
+
+
+def cli_main(argv: list[str]) -> int:
+    """`dedicated crds ...` through this module's own parser: building the full `dedicated` parser
+    would import every area's commands (torch included) just to test this one."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dedicated")
+    crdgen.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_crds_command_is_registered_in_the_cli() -> None:
+    import ast
+
+    tree = ast.parse((ROOT / "dedicated" / "cli.py").read_text())
+    modules = next(node.value for node in ast.walk(tree) if isinstance(node, ast.AnnAssign)
+                   and getattr(node.target, "id", "") == "COMMAND_MODULES")
+    assert "dedicated.operator.crdgen" in ast.literal_eval(modules)
 
 
 def test_generation_is_deterministic_and_check_detects_drift(tmp_path: Path, capsys) -> None:

@@ -30,7 +30,7 @@ def test_qwen36_hybrid_facts(profiles) -> None:
     assert f.moe.num_experts == 256 and f.moe.shared_intermediate_size == 512 and f.mtp_layers == 1
     assert f.has_vision and f.vision_heads == 16
     assert f.quant.method == "humming" and f.quant.bits == 2 and f.quant.group_size == 128
-    assert f.quant.min_capability == (8, 0) and f.quant.vllm_quantization is None
+    assert f.quant.min_capability == (8, 0) and f.quant.vllm_quantization == "humming"
     ar = profiles["autoround"].facts.quant
     assert (ar.method, ar.bits, ar.group_size, ar.vllm_quantization) == ("auto-round", 4, 128, "auto-round")
     assert not profiles["bf16"].facts.quant.quantized
