@@ -16,6 +16,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dedicated.operator.crdgen",  # crds generate [--check]
     "dedicated.operator.vram.cli",  # vram profile|plan (the VRAM planner by hand)
     "dedicated.quantize_job.humming.cli",  # repack SRC DST (compressed-tensors -> Humming)
+    "dedicated.operator.runtime",  # run (the operator)
+    "dedicated.operator.modelfacts",  # model-facts DIR --claim C (ConfigMap for volume checkpoints)
 )
 
 
