@@ -15,12 +15,12 @@ from typing import Literal
 
 from .api.common import IMAGE_REF
 
-#: vLLM with the Humming MoE fix and the Humming kernels (built from images/serving).
-DEFAULT_SERVING_IMAGE = "ghcr.io/dedicated-endpoints/serving:0.1.0-vllm0.12.0"
-#: The quantization Job image (built from images/quantize).
-DEFAULT_QUANTIZE_IMAGE = "ghcr.io/dedicated-endpoints/quantize:0.1.0"
-#: The operator itself (built from images/operator).
-DEFAULT_OPERATOR_IMAGE = "ghcr.io/dedicated-endpoints/operator:0.1.0"
+#: vLLM 0.33.0 + humming-kernels + the Humming MoE shard fix: the tag images/serving/Dockerfile builds.
+DEFAULT_SERVING_IMAGE = "dedicated-serving:0.33.0-humming"
+#: The quantization Job image (images/quantize).
+DEFAULT_QUANTIZE_IMAGE = "dedicated-quantize:0.1.0"
+#: The operator itself (images/operator).
+DEFAULT_OPERATOR_IMAGE = "dedicated-operator:0.1.0"
 
 _IMAGE = re.compile(IMAGE_REF)
 _ENV = {"serving": "DEDICATED_SERVING_IMAGE", "quantize": "DEDICATED_QUANTIZE_IMAGE",
