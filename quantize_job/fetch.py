@@ -53,11 +53,52 @@ def read_token(env_name: str | None, what: str) -> str | None:
     return value
 
 
-def fetch_model(source: ModelSource, download_dir: Path, *, attempts: int = 3, backoff: float = 2.0) -> FetchedModel:
+def resolve_revision(source: ModelSource, *, attempts: int = 3, backoff: float = 2.0) -> str:
+    """The exact revision the run will use: a Hub commit sha, or a digest of a local directory.
+
+    Cheap (one API call, or file sizes), so a rerun can recognise an already published result
+    without downloading the model again.
+    """
     if source.path is not None:
-        return _local(Path(source.path))
+        return _local(Path(source.path)).revision
     assert source.hub is not None
-    return _hub(source.hub, download_dir, attempts=attempts, backoff=backoff)
+    hub = source.hub
+    token = read_token(hub.token_env, f"hf://{hub.repo}")
+
+    def call() -> str:
+        from huggingface_hub import HfApi
+
+        sha = HfApi(token=token).model_info(hub.repo, revision=hub.revision).sha
+        if not sha:
+            raise ModelUnreachable(f"hf://{hub.repo}: the Hub returned no commit for revision {hub.revision or 'main'}")
+        return sha
+
+    return _with_retries(call, hub, token, attempts=attempts, backoff=backoff)
+
+
+def fetch_model(source: ModelSource, download_dir: Path, revision: str, *, attempts: int = 3,
+                backoff: float = 2.0) -> FetchedModel:
+    """The model at ``revision`` (from :func:`resolve_revision`) as a local directory."""
+    if source.path is not None:
+        fetched = _local(Path(source.path))
+        if fetched.revision != revision:
+            raise ModelUnreachable(f"base model {source.path} changed while the job ran "
+                                   f"({revision} -> {fetched.revision})")
+        return fetched
+    assert source.hub is not None
+    hub = source.hub
+    token = read_token(hub.token_env, f"hf://{hub.repo}")
+
+    def call() -> FetchedModel:
+        from huggingface_hub import snapshot_download
+
+        log.info("fetching hf://%s@%s (commit %s) into %s", hub.repo, hub.revision or "main", revision, download_dir)
+        path = Path(snapshot_download(hub.repo, revision=revision, token=token, local_dir=download_dir,
+                                      allow_patterns=ALLOW_PATTERNS))
+        check_checkpoint_dir(path, f"hf://{hub.repo}@{revision}")
+        return FetchedModel(path=path, revision=revision, source=f"hf://{hub.repo}@{revision}")
+
+    return _with_retries(call, hub, token, attempts=attempts, backoff=backoff)
 
 
 def check_checkpoint_dir(path: Path, what: str) -> None:
@@ -115,32 +156,18 @@ def _first_line(exc: Exception) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _hub(hub: HubSource, download_dir: Path, *, attempts: int, backoff: float) -> FetchedModel:
-    from huggingface_hub import HfApi, snapshot_download
-
-    token = read_token(hub.token_env, f"hf://{hub.repo}")
-    api = HfApi(token=token)
+def _with_retries(call, hub: HubSource, token: str | None, *, attempts: int, backoff: float):
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
-            info = api.model_info(hub.repo, revision=hub.revision)
-            sha = info.sha
-            if not sha:
-                raise ModelUnreachable(f"hf://{hub.repo}: the Hub returned no commit for revision "
-                                       f"{hub.revision or 'main'}")
-            log.info("fetching hf://%s@%s (commit %s) into %s", hub.repo, hub.revision or "main", sha, download_dir)
-            path = snapshot_download(hub.repo, revision=sha, token=token, local_dir=download_dir,
-                                     allow_patterns=ALLOW_PATTERNS)
-            model_dir = Path(path)
-            check_checkpoint_dir(model_dir, f"hf://{hub.repo}@{sha}")
-            return FetchedModel(path=model_dir, revision=sha, source=f"hf://{hub.repo}@{sha}")
+            return call()
         except (ModelUnreachable, InvalidConfig, SecretNotFound):
             raise
         except Exception as exc:
             if not _is_transient(exc):
                 raise _explain(exc, hub, token) from None
             last = exc
-            log.warning("fetch attempt %d/%d for hf://%s failed: %s", attempt, attempts, hub.repo, _first_line(exc))
+            log.warning("Hub request %d/%d for hf://%s failed: %s", attempt, attempts, hub.repo, _first_line(exc))
             if attempt < attempts:
                 time.sleep(backoff * attempt)
     assert last is not None

@@ -87,11 +87,13 @@ def components(ckpt: Path, quantized_modules: Iterable[str]) -> dict[str, dict[s
 
 
 def _environment() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     env = {"python": platform.python_version()}
-    for mod in ("torch", "transformers", "auto_round", "compressed_tensors"):
+    for dist in ("torch", "transformers", "auto-round", "compressed-tensors", "safetensors"):
         try:
-            env[mod] = __import__(mod).__version__
-        except Exception:
+            env[dist] = version(dist)
+        except PackageNotFoundError:
             continue
     return env
 

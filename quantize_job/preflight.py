@@ -23,6 +23,8 @@ log = logging.getLogger("dedicated.quantize_job")
 
 _EXPERT = re.compile(r"\.experts\.\d+\.")
 _FUSED_EXPERTS = re.compile(r"\.experts\.[A-Za-z_]+$")
+#: Token embeddings are 2-D ``.weight`` tensors too, but not Linear layers (lm_head is one).
+_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|embeddings)\.weight$")
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 
 
@@ -55,7 +57,8 @@ def read_layout(model_dir: Path) -> ModelLayout:
         for name, info in header.tensors.items():
             tensors[name] = (file, tuple(info.shape), info.dtype)
     linear = {name[: -len(".weight")]: (shape[0], shape[1]) for name, (_, shape, dtype) in tensors.items()
-              if name.endswith(".weight") and len(shape) == 2 and dtype in _FLOAT_DTYPES}
+              if name.endswith(".weight") and len(shape) == 2 and dtype in _FLOAT_DTYPES
+              and not _EMBEDDING.search(name)}
     return ModelLayout(tensors=tensors, headers=headers, linear_modules=linear)
 
 
@@ -77,6 +80,11 @@ def selected_modules(config: JobConfig, layout: ModelLayout) -> list[str]:
         raise InvalidConfig(f"the module selection quantize={config.modules.quantize} "
                             f"keepBF16={config.modules.keep_bf16} matches none of the model's "
                             f"{len(all_linear)} Linear weights")
+    split = _partially_selected_experts(all_linear, set(chosen))
+    if split:
+        raise InvalidConfig(f"{split}: some of its expert projections are selected for quantization and some kept in "
+                            "BF16; a serving engine runs a layer's experts as one fused MoE, so select all "
+                            "or none of them")
     bad = [(m, layout.linear_modules[m]) for m in chosen if layout.linear_modules[m][1] % config.group_size]
     if bad:
         listed = "; ".join(f"{m} has input dimension {i} (weight [{o}, {i}])" for m, (o, i) in bad[:3])
@@ -104,3 +112,15 @@ def check_finite(model_dir: Path, layout: ModelLayout) -> None:
                     raise InvalidWeights(f"base model tensor {name} (in {file}) has {count} NaN/Inf "
                                          f"value(s), first at {where}; refusing to quantize a broken checkpoint")
                 del t, finite
+
+
+def _partially_selected_experts(all_linear: list[str], chosen: set[str]) -> str | None:
+    groups: dict[str, set[bool]] = {}
+    for m in all_linear:
+        found = re.match(r"^(.*\.experts)\.\d+\.[^.]+$", m)
+        if found:
+            groups.setdefault(found.group(1), set()).add(m in chosen)
+    for prefix, states in sorted(groups.items()):
+        if len(states) == 2:
+            return prefix
+    return None

@@ -97,6 +97,7 @@ class Progress:
         self._start = self.clock()
         self._computed_layer_seconds: list[float] = []
         self._layer_started: float | None = None
+        self._complete: str | None = None
 
     # -- state changes ---------------------------------------------------------------------------
 
@@ -158,15 +159,23 @@ class Progress:
 
     def snapshot(self) -> ProgressSnapshot:
         pct = self.percent()
-        if self.stage == "quantize" and self.total_layers:
+        if self._complete:
+            pct = 100
+            summary = f"{self._complete} (100%)"
+        elif self.stage == "quantize" and self.total_layers:
             summary = f"quantize {self.layer or 0}/{self.total_layers} ({pct}%)"
         else:
             summary = f"{self.stage} ({pct}%)"
-        eta = self.eta()
+        eta = 0 if self._complete else self.eta()
         return ProgressSnapshot(
             stage=self.stage, layer=self.layer, total_layers=self.total_layers, percent=pct,
             elapsed_seconds=int(self.elapsed), eta_seconds=None if eta is None else int(round(eta)),
             summary=summary, resumed_from_layer=self.resumed_from_layer, detail=self.detail)
+
+    def complete(self, summary: str = "published") -> None:
+        """The run succeeded: 100%, nothing left."""
+        self._complete = summary
+        self._emit(force=True)
 
     def finish(self) -> None:
         """Final flush: the last state reaches every reporter, throttled or not."""

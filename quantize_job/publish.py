@@ -97,7 +97,9 @@ def publish(staging: Path, output: OutputConfig) -> Published:
     """Move the staged checkpoint into ``output.dir`` and, for a Hub output, upload it."""
     out_dir = Path(output.dir)
     try:
-        swap_into_place(staging, out_dir, keep_state=output.keep_state or output.hub is not None)
+        # The state comes along when anything in it is still wanted; the pipeline prunes it after.
+        keep = output.keep_state or output.keep_intermediate or output.hub is not None
+        swap_into_place(staging, out_dir, keep_state=keep)
     except OSError as exc:
         raise PublishFailed(f"could not move the checkpoint into {out_dir}: {exc}") from None
     log.info("checkpoint in place at %s", out_dir)

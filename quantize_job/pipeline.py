@@ -1,0 +1,508 @@
+"""The quantize Job, stage by stage: fetch -> calibrate -> quantize -> export -> validate -> publish.
+
+Every stage leaves what a restarted pod needs in the state dir (``<output dir>/.quantize-state``),
+keyed by the config's fingerprint (model revision, method, bits, group size, module selection,
+calibration, quantizer options), so a rerun of the same generation picks up where the last one
+stopped and a changed spec never reuses stale layers::
+
+    .quantize-state/
+      job.json               fingerprint, model revision, when the state was started
+      base/                  the Hub download (Hub sources only; resumed file by file)
+      text.safetensors       the exact calibration and held-out token windows
+      original.json          the base model's held-out perplexity
+      layers/                the layer-by-layer engine's commits (state.json, layer_NNNN.safetensors,
+                             inputs.safetensors): a rerun resumes after the last committed layer
+      compressed-tensors/    GSQ's pack-quantized intermediate (kept only with keepIntermediate)
+      validate-bf16/         the dequantized copy the load test reads (removed after validation)
+
+Memory: the base model is loaded on the CPU (BF16, ``low_cpu_mem_usage``); the engine moves one
+decoder layer at a time to the GPU. Validation loads one model at a time with
+``device_map="auto"``. So GPU memory is bounded by one layer plus its calibration activations,
+and CPU memory by one copy of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dedicated.quantize_job import publish as publishing
+from dedicated.quantize_job.calibration_data import TextData, build_text_data
+from dedicated.quantize_job.config import JobConfig
+from dedicated.quantize_job.errors import (
+    CalibrationDataError,
+    InvalidConfig,
+    InvalidWeights,
+    NoExperts,
+    QuantizeJobError,
+    StageFailed,
+)
+from dedicated.quantize_job.fetch import FetchedModel, fetch_model, resolve_revision
+from dedicated.quantize_job.manifest import build_manifest, read_manifest, write_manifest
+from dedicated.quantize_job.preflight import ModelLayout, check_finite, read_layout, selected_modules
+from dedicated.quantize_job.progress import (
+    RESULT_ANNOTATION,
+    JobAnnotator,
+    Progress,
+    build_reporters,
+    job_identity,
+    write_json_atomic,
+)
+
+log = logging.getLogger("dedicated.quantize_job")
+
+STATE_FORMAT = "dedicated.quantize-job-state/1"
+
+
+# --- the state dir ------------------------------------------------------------------------------
+
+
+class JobState:
+    """The resume state of one config fingerprint."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def layers(self) -> Path:
+        return self.root / "layers"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def compressed_tensors(self) -> Path:
+        return self.root / "compressed-tensors"
+
+    @property
+    def validate_dir(self) -> Path:
+        return self.root / "validate-bf16"
+
+    def claim(self, fingerprint: str, revision: str) -> bool:
+        """Use the state for ``fingerprint``; a state of another config is wiped. True if resuming."""
+        job_file = self.root / "job.json"
+        if job_file.is_file():
+            try:
+                previous = json.loads(job_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                previous = {}
+            if previous.get("fingerprint") == fingerprint and previous.get("format") == STATE_FORMAT:
+                return True
+            log.warning("the state dir %s belongs to another config (fingerprint %s); starting over",
+                        self.root, str(previous.get("fingerprint"))[:12])
+            keep_base = previous.get("modelRevision") == revision
+            for entry in self.root.iterdir():
+                if entry.name == "base" and keep_base:
+                    continue
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(job_file, {"format": STATE_FORMAT, "fingerprint": fingerprint, "modelRevision": revision,
+                                     "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return False
+
+    def text(self, build: Callable[[], TextData]) -> TextData:
+        """The token windows, built once and then read back, so every resume sees the same tokens."""
+        from safetensors.torch import load_file, save_file
+
+        path = self.root / "text.safetensors"
+        if path.is_file():
+            meta = json.loads((self.root / "text.json").read_text())
+            t = load_file(str(path))
+            return TextData(calibration=t["calibration"], heldout=t["heldout"], source=meta["source"],
+                            digest=meta["digest"], stream_tokens=meta["streamTokens"], notes=tuple(meta["notes"]))
+        data = build()
+        tmp = path.with_name(".text.safetensors.tmp")
+        save_file({"calibration": data.calibration.contiguous(), "heldout": data.heldout.contiguous()}, str(tmp))
+        write_json_atomic(self.root / "text.json", {"source": data.source, "digest": data.digest,
+                                                    "streamTokens": data.stream_tokens, "notes": list(data.notes)})
+        tmp.replace(path)
+        return data
+
+    def cached(self, name: str, key: str, compute: Callable[[], Any]) -> Any:
+        path = self.root / f"{name}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return saved["value"]
+        value = compute()
+        write_json_atomic(path, {"key": key, "value": value})
+        return value
+
+    def engine_completed(self) -> int:
+        try:
+            return int(json.loads((self.layers / "state.json").read_text())["completed"])
+        except (OSError, KeyError, ValueError, json.JSONDecodeError):
+            return 0
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stage(progress: Progress, name: str, timings: dict[str, float], detail: str | None = None):
+    progress.start_stage(name, detail)
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - t0
+
+
+def _engine_configs(options: dict[str, Any]):
+    """``runtime.methodOptions`` (``"gsq.steps": 200``, ``"gptq.damp": 0.02``, ``"calibration.min_tokens": 64``)."""
+    from dedicated.quantize_job.gptq import GPTQConfig
+    from dedicated.quantize_job.gsq import GSQConfig
+    from dedicated.quantize_job.layerwise import CalibrationConfig as EngineCalibration
+
+    classes = {"gptq": GPTQConfig, "gsq": GSQConfig, "calibration": EngineCalibration}
+    values: dict[str, dict[str, Any]] = {k: {} for k in classes}
+    for key, value in sorted(options.items()):
+        section, _, field = key.partition(".")
+        cls = classes.get(section)
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+        if field not in fields or isinstance(value, (list, dict)):
+            known = ", ".join(f"{s}.{f.name}" for s, c in classes.items() for f in dataclasses.fields(c))
+            raise InvalidConfig(f"runtime.methodOptions: unknown option {key!r}; known: {known}")
+        values[section][field] = value
+    try:
+        return (GPTQConfig(**values["gptq"]), GSQConfig(**values["gsq"]),
+                EngineCalibration(**values["calibration"]))
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfig(f"runtime.methodOptions: {exc}") from None
+
+
+def _engine_targets(modules: list[str]) -> tuple[str, ...]:
+    """Exact fnmatch patterns for the engine: fused experts are selected through expert 0's name."""
+    import re
+
+    out = []
+    for m in modules:
+        found = re.match(r"^(.*\.experts)\.(\d+)\.([^.]+)$", m)
+        if found and found.group(2) != "0":
+            continue
+        out.append(m)
+    return tuple(out)
+
+
+def load_base_model_cpu(path: Path, dtype: torch.dtype):
+    """The base model on the CPU, weights memory-mapped while loading (one copy in RAM)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, low_cpu_mem_usage=True)
+    model.eval()
+    if getattr(model.config, "output_router_logits", False):
+        model.config.output_router_logits = False
+    return model
+
+
+def peak_memory() -> dict[str, int | None]:
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gpu = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    return {"peakRssBytes": int(rss_kib) * 1024, "peakGpuAllocatedBytes": gpu}
+
+
+# --- the job ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    config: JobConfig
+    progress: Progress
+    annotator: JobAnnotator | None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.output.dir)
+
+
+def _make_annotator() -> JobAnnotator | None:
+    ident = job_identity()
+    if ident is None:
+        return None
+    try:
+        return JobAnnotator(*ident)
+    except Exception as exc:  # no API access must not stop the quantization
+        log.warning("cannot report progress on Job %s/%s (continuing without): %s", ident[1], ident[0], exc)
+        return None
+
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run the whole job; returns the result (the ``llm.dedicated.dev/result`` annotation's JSON)."""
+    out_dir = Path(config.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    publishing.recover(out_dir, keep_state=True)
+    annotator = _make_annotator()
+    progress = Progress(reporters=build_reporters(out_dir, config.runtime.progress_interval_seconds, annotator))
+    run = Run(config, progress, annotator)
+    try:
+        return _run(run)
+    finally:
+        progress.finish()
+
+
+def _report_result(run: Run, result: dict[str, Any]) -> None:
+    if run.annotator is not None:
+        ok = run.annotator.patch_with_retry({RESULT_ANNOTATION: json.dumps(result, separators=(",", ":"))})
+        if not ok:
+            log.error("could not write the %s annotation; the result is in %s", RESULT_ANNOTATION,
+                      result.get("manifestPath"))
+
+
+def _run(run: Run) -> dict[str, Any]:
+    cfg, progress, timings = run.config, run.progress, run.timings
+    state = JobState(Path(cfg.output.state_dir))
+    device = _device(cfg.runtime.device)
+    dtype = torch.bfloat16 if cfg.runtime.dtype == "bfloat16" else torch.float32
+
+    # -- fetch ---------------------------------------------------------------------------------
+    with stage(progress, "fetch", timings, cfg.model.describe()):
+        revision = resolve_revision(cfg.model, attempts=cfg.runtime.fetch_attempts)
+        fingerprint = cfg.fingerprint(revision)
+        done = _already_published(run, fingerprint)
+        if done is not None:
+            log.info("this config was already published (%s); reporting the result again",
+                     done["artifact"]["location"])
+            _report_result(run, done)
+            return done
+        resuming = state.claim(fingerprint, revision)
+        fetched = fetch_model(cfg.model, state.base, revision, attempts=cfg.runtime.fetch_attempts)
+        layout = read_layout(fetched.path)
+        modules = selected_modules(cfg, layout)
+        log.info("%d Linear modules selected for %d-bit %s (group %d); %d kept in BF16%s", len(modules),
+                 cfg.bits, cfg.method, cfg.group_size, len(layout.linear_modules) - len(modules),
+                 " (resuming)" if resuming else "")
+        if not resuming or not (state.root / "finite.ok").exists():
+            check_finite(fetched.path, layout)
+            (state.root / "finite.ok").write_text("ok\n")
+
+    # -- calibrate -----------------------------------------------------------------------------
+    with stage(progress, "calibrate", timings):
+        tokenizer = _tokenizer(fetched.path)
+        text = state.text(lambda: build_text_data(cfg.calibration, cfg.validation, tokenizer))
+        log.info("calibration: %d x %d tokens from %s; held-out: %d x %d tokens", *text.calibration.shape,
+                 text.source, text.heldout.shape[0], text.heldout.shape[1] if text.heldout.numel() else 0)
+        ppl_original = None
+        if cfg.validation.enabled:
+            from dedicated.quantize_job.validate import measure
+
+            ppl_original = state.cached("original", f"{revision}:{text.digest}",
+                                        lambda: measure(fetched.path, text.heldout, device)[0])
+            log.info("original held-out perplexity %.4f", ppl_original)
+
+    # -- quantize ------------------------------------------------------------------------------
+    with stage(progress, "quantize", timings):
+        layers_info = _quantize(run, state, fetched, modules, text, device, dtype)
+
+    # -- export --------------------------------------------------------------------------------
+    with stage(progress, "export", timings):
+        staging = publishing.staging_dir(run.out_dir)
+        export_report = _export(run, state, fetched, layout, modules, staging)
+
+    try:
+        # -- validate --------------------------------------------------------------------------
+        with stage(progress, "validate", timings):
+            quality = _validate(run, state, staging, text, tokenizer, device, ppl_original)
+
+        # -- publish ---------------------------------------------------------------------------
+        with stage(progress, "publish", timings):
+            manifest = build_manifest(
+                staging,
+                job={"name": cfg.name, "namespace": cfg.namespace, "generation": cfg.generation,
+                     "configFingerprint": fingerprint},
+                source={"model": fetched.source, "revision": revision},
+                method=cfg.method, bits=cfg.bits, group_size=cfg.group_size, output_format=cfg.output_format,
+                quantized_modules=modules, kept_modules=len(layout.linear_modules) - len(modules),
+                calibration=text.summary(), quality=quality.to_manifest(), layers=layers_info, timings=timings)
+            manifest["export"] = export_report
+            manifest["resources"] = peak_memory()
+            write_manifest(staging, manifest)
+            published = publishing.publish(staging, cfg.output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    result = {"artifact": {"location": published.location, "format": cfg.output_format,
+                           "totalBytes": manifest["totalBytes"], "revision": published.revision},
+              "quality": quality.to_contract(), "manifestPath": str(published.path / "manifest.json")}
+    manifest["result"] = result
+    write_manifest(published.path, manifest)
+    _cleanup(run, Path(cfg.output.state_dir))
+    progress.complete()
+    _report_result(run, result)
+    return result
+
+
+def _device(requested: str) -> torch.device:
+    from dedicated.quantize_job.validate import pick_device
+
+    try:
+        return pick_device(requested)
+    except RuntimeError as exc:
+        raise InvalidConfig(f"runtime.device: {exc}") from None
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise InvalidConfig(f"the base model at {path} has no loadable tokenizer: {exc}") from None
+
+
+def _already_published(run: Run, fingerprint: str) -> dict[str, Any] | None:
+    manifest = read_manifest(run.out_dir)
+    if not manifest or manifest.get("job", {}).get("configFingerprint") != fingerprint:
+        return None
+    result = manifest.get("result")
+    if result is None:
+        return None  # swapped in but never finished (e.g. the upload failed): publish again
+    return result
+
+
+def _quantize(run: Run, state: JobState, fetched: FetchedModel, modules: list[str], text: TextData,
+              device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    cfg, progress = run.config, run.progress
+    if cfg.method != "gsq":
+        raise StageFailed(f"method {cfg.method} is not wired into the pipeline yet")
+    from dedicated.quantize_job.calibration import InsufficientCalibrationError
+    from dedicated.quantize_job.layerwise import NoExpertsError, StateMismatchError, quantize_model, target_names
+
+    gptq_cfg, gsq_cfg, cal_cfg = _engine_configs(cfg.runtime.method_options)
+    model = load_base_model_cpu(fetched.path, dtype)
+    targets = _engine_targets(modules)
+    engine_names = set(target_names(model, targets))
+    if engine_names != set(modules):
+        only_engine = sorted(engine_names - set(modules))[:3]
+        only_ckpt = sorted(set(modules) - engine_names)[:3]
+        raise InvalidConfig(f"the module selection does not map onto the model's modules one to one "
+                            f"(engine only: {only_engine}; checkpoint only: {only_ckpt})")
+    resumed_from = state.engine_completed()
+    if resumed_from:
+        progress.resumed(resumed_from)
+    counts = {"computed": 0}
+
+    def on_layer(p) -> None:
+        if p.computed:
+            counts["computed"] += 1
+        progress.layer_done(p.layer, p.num_layers, computed=p.computed)
+
+    from dedicated.quantize_job.calibration import find_decoder_layers
+
+    progress.set_total_layers(len(find_decoder_layers(model)[1]))
+    kwargs = dict(method="gsq", bits=cfg.bits, state_dir=state.layers, group_size=cfg.group_size, targets=targets,
+                  device=device, gptq_config=gptq_cfg, gsq_config=gsq_cfg, calibration=cal_cfg,
+                  progress=on_layer, log=log.debug)
+    try:
+        try:
+            result = quantize_model(model, text.calibration, **kwargs)
+        except StateMismatchError as exc:
+            log.warning("discarding the layer state (%s) and starting the layers over", exc)
+            shutil.rmtree(state.layers, ignore_errors=True)
+            resumed_from, counts["computed"] = 0, 0
+            progress.resumed_from_layer = None
+            result = quantize_model(model, text.calibration, **kwargs)
+    except NoExpertsError as exc:
+        raise NoExperts(str(exc)) from None
+    except InsufficientCalibrationError as exc:
+        raise CalibrationDataError(f"calibration data: {exc}") from None
+    except FloatingPointError as exc:
+        raise InvalidWeights(f"quantization hit NaN/Inf: {exc}") from None
+    finally:
+        del model
+    return {"total": result.num_layers, "computed": result.layers_computed,
+            "resumedFromLayer": resumed_from or None, "engine": "dedicated.quantize_job.layerwise"}
+
+
+def _export(run: Run, state: JobState, fetched: FetchedModel, layout: ModelLayout, modules: list[str],
+            staging: Path) -> dict[str, Any]:
+    from dedicated.quantize_job.export import humming_ignore, repack_to_humming, write_compressed_tensors
+    from dedicated.quantize_job.layerwise import iter_layer_weights
+
+    cfg = run.config
+    by_module: dict[str, int] = {}
+    state_json = json.loads((state.layers / "state.json").read_text())
+    for entry in state_json["layers"]:
+        by_module.update({name: entry["index"] for name in _layer_module_names(state.layers / entry["file"])})
+
+    def load(ms: list[str]):
+        wanted = sorted({by_module[m] for m in ms if m in by_module})
+        out = {}
+        for _, weights in iter_layer_weights(state.layers, wanted):
+            out.update({k: v for k, v in weights.items() if k in ms})
+        return out
+
+    ignore = humming_ignore(layout.linear_modules, modules)
+    ct_dir = state.compressed_tensors
+    shutil.rmtree(ct_dir, ignore_errors=True)
+    write_compressed_tensors(fetched.path, layout, modules, load, ct_dir, bits=cfg.bits, group_size=cfg.group_size,
+                             ignore=ignore, on_group=lambda i, n: run.progress.note(f"compressed-tensors shard {i}/{n}"))
+    run.progress.note("repacking to Humming")
+    report = repack_to_humming(ct_dir, staging, bits=cfg.bits, ignore=ignore)
+    return {"intermediate": "compressed-tensors pack-quantized", "repack": report, "ignore": ignore}
+
+
+def _layer_module_names(path: Path) -> list[str]:
+    from dedicated.quantize_job.humming.safetensors_stream import read_header
+
+    return [n[: -len(".codes")] for n in read_header(path).tensors if n.endswith(".codes")]
+
+
+def _validate(run: Run, state: JobState, staging: Path, text: TextData, tokenizer, device: torch.device,
+              ppl_original: float | None):
+    from dedicated.quantize_job.errors import ValidationFailed
+    from dedicated.quantize_job.validate import Quality, dequantize_humming_checkpoint, judge, measure
+
+    cfg = run.config
+    if not cfg.validation.enabled:
+        log.warning("validation is disabled (spec.validation.enabled=false): publishing without a load test")
+        return Quality(perplexity_original=None, perplexity_quantized=None, load_test_passed=None,
+                       max_perplexity_ratio=cfg.validation.max_perplexity_ratio)
+    loadable = staging
+    if cfg.output_format == "humming":
+        run.progress.note("dequantizing the Humming checkpoint for the load test")
+        loadable = dequantize_humming_checkpoint(staging, state.validate_dir)
+    try:
+        ppl_q, ok, generated = measure(loadable, text.heldout, device, tokenizer=tokenizer,
+                                       new_tokens=cfg.validation.generate_tokens)
+    except QuantizeJobError:
+        raise
+    except Exception as exc:
+        raise ValidationFailed(f"the exported checkpoint does not load or run: {type(exc).__name__}: {exc}") from None
+    finally:
+        if loadable != staging:
+            shutil.rmtree(loadable, ignore_errors=True)
+    quality = Quality(perplexity_original=ppl_original, perplexity_quantized=ppl_q,
+                      load_test_passed=ok, max_perplexity_ratio=cfg.validation.max_perplexity_ratio,
+                      generated_text=generated, heldout_tokens=int(text.heldout.numel()))
+    log.info("validation: perplexity original %s quantized %.4f ratio %s (max %g); load test %s; generated %r",
+             f"{ppl_original:.4f}" if ppl_original else "n/a", ppl_q,
+             f"{quality.perplexity_ratio:.4f}" if quality.perplexity_ratio else "n/a",
+             cfg.validation.max_perplexity_ratio, "passed" if ok else "FAILED", generated)
+    judge(quality)
+    return quality
+
+
+def _cleanup(run: Run, state_dir: Path) -> None:
+    out = run.config.output
+    if out.keep_state or not state_dir.exists():
+        return
+    for entry in state_dir.iterdir():
+        if entry.name == "compressed-tensors" and out.keep_intermediate:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if not any(state_dir.iterdir()):
+        state_dir.rmdir()
+

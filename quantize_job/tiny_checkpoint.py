@@ -1,0 +1,90 @@
+"""A tiny MoE checkpoint on disk, for the Job's tests and its memory benchmark (no download possible).
+
+A ``Qwen2MoeForCausalLM`` of the issue-6 ``tinymoe`` shapes (routed experts with top-k routing, a
+shared expert and its gate, the router ``mlp.gate``) with the byte-level tokenizer, briefly trained
+on Python standard library text so that quantization has something to lose: a random model's
+perplexity is the vocabulary size whatever its weights, so a validation check on it proves nothing.
+Saved with ``save_pretrained`` in BF16 like a Hub checkpoint (per-expert tensor names, shards, index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+import torch
+
+TRAIN_FILES = ("textwrap.py", "string.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py",
+               "colorsys.py", "keyword.py", "numbers.py")
+
+
+def training_bytes() -> bytes:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return b"\n".join((root / name).read_bytes() for name in TRAIN_FILES if (root / name).is_file())
+
+
+def build_tiny_moe_checkpoint(
+    out_dir: Path | str,
+    *,
+    layers: int = 4,
+    train_steps: int = 40,
+    seed: int = 0,
+    hidden_size: int = 128,
+    experts: int = 4,
+    moe_intermediate: int = 128,
+    max_shard_size: str = "300KB",
+    train_text: bytes | None = None,
+) -> Path:
+    """Write the checkpoint to ``out_dir`` (created) and return it. Seconds on a CPU.
+
+    ``train_text`` replaces the default training text (a test that needs the model to have learnt a
+    particular text, so that quantization measurably hurts it there, passes that text).
+    """
+    from transformers import Qwen2MoeForCausalLM
+
+    from dedicated.quantize_job.tinymoe import build_tokenizer, tiny_moe_config
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    config = tiny_moe_config("test", num_hidden_layers=layers, hidden_size=hidden_size, num_experts=experts,
+                             moe_intermediate_size=moe_intermediate, max_position_embeddings=512)
+    config.output_router_logits = False
+    model = Qwen2MoeForCausalLM(config)
+    if train_steps:
+        data = train_text if train_text is not None else training_bytes()
+        stream = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(train_steps):
+            starts = torch.randint(0, stream.numel() - 65, (8,), generator=gen)
+            batch = torch.stack([stream[s : s + 64] for s in starts.tolist()])
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.eval()
+    model.to(torch.bfloat16).save_pretrained(out_dir, max_shard_size=max_shard_size)
+    build_tokenizer().save_pretrained(out_dir)
+    return out_dir
+
+
+def cached_tiny_moe_checkpoint(cache_root: Path | str, **kwargs) -> Path:
+    """:func:`build_tiny_moe_checkpoint` once per distinct ``kwargs`` under ``cache_root`` (reused after)."""
+    key = hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=lambda b: hashlib.sha256(b).hexdigest())
+                         .encode()).hexdigest()[:12]
+    final = Path(cache_root) / f"tiny-moe-{key}"
+    if (final / "config.json").is_file():
+        return final
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny_moe_checkpoint(tmp, **kwargs)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
