@@ -59,6 +59,13 @@ class EndpointModel(ApiModel):
         return self
 
 
+class Isolation(StrEnum):
+    """Whether the endpoint's pods may share nodes with other teams' pods (issue 8)."""
+
+    SHARED = "shared"
+    DEDICATED_NODES = "dedicated-nodes"
+
+
 class Placement(ApiModel):
     """Which GPUs may serve it. Unset fields leave the choice to the planner (cheapest that fits)."""
 
@@ -85,6 +92,11 @@ class Placement(ApiModel):
         "count that fits and that the model's shapes allow is chosen.")] = None
     max_gpus_per_replica: Annotated[int | None, Field(
         ge=1, le=16, description="Upper bound on GPUs per replica when the planner chooses.")] = None
+    isolation: Annotated[Isolation, Field(
+        description="`dedicated-nodes`: no pod of another team (namespaces of another GPUQuota, or "
+        "another namespace outside every quota) may run on a node that runs this endpoint's pods, "
+        "enforced by the scheduler through required pod anti-affinity on the team label; "
+        "`shared`: no such restriction.")] = Isolation.SHARED
 
     @model_validator(mode="after")
     def _consistent(self) -> Placement:
