@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from dedicated.quantize_job import compressed_tensors_io as ct
 from dedicated.quantize_job.qtensor import QuantizedWeight, code_range
 
 BASE_CONFIG = {"architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
@@ -64,6 +63,8 @@ def float_tensors(layers: int = 2, hidden: int = 128, vocab: int = 256) -> dict[
 def write_source(path: Path, *, container_bits: int | None = None, shard_bytes: int = 40_000,
                  modules: dict[str, QuantizedWeight] | None = None,
                  other: dict[str, torch.Tensor] | None = None) -> Path:
+    from dedicated.quantize_job import compressed_tensors_io as ct  # imports transformers: lazy
+
     ct.write_checkpoint(path, modules if modules is not None else moe_and_dense_modules(),
                         other if other is not None else float_tensors(), BASE_CONFIG,
                         container_bits=container_bits, ignore=["lm_head"],
