@@ -46,7 +46,7 @@ class GemmConfig:
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "NUM_VALID", "NUM_PID_M"])
 def dq_gemm_kernel(
     a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr,
     sorted_ids_ptr, expert_ids_ptr, npad_ptr,

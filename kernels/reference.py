@@ -36,12 +36,18 @@ def dequant_gemm_ref(x, packed, scales, bits, group_size=128, offset=None, out_d
 def moe_gemm_ref(
     x, packed, scales, topk_ids, bits, group_size=128, offset=None, topk_weights=None, out_dtype=None
 ) -> torch.Tensor:
-    """Output ``[M * top_k, N]``: row ``t * top_k + j`` is token t through expert ``topk_ids[t, j]``."""
+    """Output ``[M * top_k, N]``: row ``t * top_k + j`` is token t through expert ``topk_ids[t, j]``.
+
+    One fp32 matmul per expert that has tokens, so it also runs at real MoE sizes on a GPU.
+    """
     m, top_k = topk_ids.shape
-    w = dequantize_ref(packed, scales, bits, group_size, offset, torch.float32)
     rows = x.float() if x.shape[0] == m * top_k else x.float().repeat_interleave(top_k, dim=0)
     experts = topk_ids.reshape(-1).long()
-    out = torch.einsum("pk,pnk->pn", rows, w[experts])
+    out = torch.zeros(m * top_k, packed.shape[1], dtype=torch.float32, device=x.device)
+    for e in torch.unique(experts).tolist():
+        idx = (experts == e).nonzero().squeeze(1)
+        w = dequantize_ref(packed[e], scales[e], bits, group_size, offset, torch.float32)
+        out[idx] = rows[idx] @ w.T
     if topk_weights is not None:
         out = out * topk_weights.reshape(-1, 1).float()
     return out.to(out_dtype or x.dtype)
@@ -72,6 +78,12 @@ def gumbel_from_uniform(u: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
+def relaxed_codes_ref(logits: torch.Tensor, gumbel: torch.Tensor | None, tau: float, grid: torch.Tensor) -> torch.Tensor:
+    """``sum_j softmax((logits + gumbel) / tau)_j * grid_j`` over the last dim (any leading dims)."""
+    z = logits.float() if gumbel is None else logits.float() + gumbel.float()
+    return (torch.softmax(z / tau, dim=-1) * grid.float()).sum(dim=-1)
+
+
 def gsq_soft_weight_ref(
     logits: torch.Tensor,
     scales: torch.Tensor,
@@ -80,15 +92,13 @@ def gsq_soft_weight_ref(
     bits: int,
     group_size: int = 128,
 ) -> torch.Tensor:
-    """``W_soft[n, k] = scale[n, k // group] * sum_j softmax((logits + g) / tau)_j * grid_j``.
+    """``W_soft[..., n, k] = scale[..., n, k // group] * sum_j softmax((logits + g) / tau)_j * grid_j``.
 
-    ``logits``/``noise`` are ``[N, K, 2**bits]``; ``noise=None`` means no noise (deterministic
+    ``logits``/``noise`` are ``[..., N, K, 2**bits]``; ``noise=None`` means no noise (deterministic
     relaxation, e.g. for evaluation). Differentiable in ``logits`` and ``scales`` by autograd.
     """
     _check_gsq_shapes(logits, scales, bits, group_size, noise)
-    z = logits.float() if noise is None else logits.float() + noise.float()
-    p = torch.softmax(z / tau, dim=-1)
-    w = (p * grid_points(bits, logits.device)).sum(dim=-1)
+    w = relaxed_codes_ref(logits, noise, tau, grid_points(bits, logits.device))
     return w * scales.float().repeat_interleave(group_size, dim=-1)
 
 
@@ -103,25 +113,27 @@ def gsq_loss_ref(
     x: torch.Tensor | None = None,
     hessian: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``||X W_soft^T - X W^T||_F^2``; with ``hessian = X^T X`` the identical ``sum((D H) * D)``."""
+    """``||X W_soft^T - X W^T||_F^2`` summed over any leading (expert) dims; with
+    ``hessian = X^T X`` the identical ``sum((D H) * D)``, ``D = W_soft - W``."""
     if (x is None) == (hessian is None):
         raise ValueError("pass exactly one of x (calibration activations) or hessian (X^T X)")
     w_soft = gsq_soft_weight_ref(logits, scales, noise, tau, bits, group_size)
     if x is not None:
         xf = x.float()
-        return ((xf @ w_soft.T - xf @ weight.float().T) ** 2).sum()
+        return ((xf @ w_soft.transpose(-1, -2) - xf @ weight.float().transpose(-1, -2)) ** 2).sum()
     d = w_soft - weight.float()
     return ((d @ hessian.float()) * d).sum()
 
 
 def _check_gsq_shapes(logits, scales, bits, group_size, noise) -> None:
     levels = 1 << bits
-    if logits.dim() != 3 or logits.shape[-1] != levels:
-        raise ValueError(f"logits must be [N, K, {levels}] for {bits}-bit, got {tuple(logits.shape)}")
-    n, k, _ = logits.shape
+    if logits.dim() < 3 or logits.shape[-1] != levels:
+        raise ValueError(f"logits must be [..., N, K, {levels}] for {bits}-bit, got {tuple(logits.shape)}")
+    k = logits.shape[-2]
     if k % group_size:
         raise ValueError(f"K={k} is not a multiple of group_size {group_size}")
-    if tuple(scales.shape) != (n, k // group_size):
-        raise ValueError(f"scales must be {(n, k // group_size)}, got {tuple(scales.shape)}")
+    want = (*logits.shape[:-2], k // group_size)
+    if tuple(scales.shape) != want:
+        raise ValueError(f"scales must be {want}, got {tuple(scales.shape)}")
     if noise is not None and noise.shape != logits.shape:
         raise ValueError(f"noise must match logits {tuple(logits.shape)}, got {tuple(noise.shape)}")

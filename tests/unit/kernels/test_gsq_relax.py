@@ -89,6 +89,37 @@ def test_loss_and_grads_match_reference(bits, form):
         assert close(a, b, 1e-4)
 
 
+def test_relaxed_codes_is_a_drop_in_for_the_quantizers_reference():
+    """quantize_job.gsq calls ``relax(theta * alpha, gumbel, tau, grid)`` on ``[E, O, I, K]``."""
+    from dedicated.quantize_job.gsq import relaxed_codes as quantizer_relaxed_codes
+
+    g = torch.Generator().manual_seed(6)
+    theta = (torch.randn(3, 5, 96, 4, generator=g) * 2).requires_grad_(True)  # I=96: ragged column block
+    gumbel = torch.randn(theta.shape, generator=g)
+    grid = torch.tensor([-2.0, -1.0, 0.0, 1.0])
+    got = gsq.relaxed_codes(theta, gumbel, 0.4, grid)
+    want = quantizer_relaxed_codes(theta, gumbel, 0.4, grid)
+    assert got.shape == (3, 5, 96) and close(got, want, 1e-6)
+    up = torch.randn_like(got)
+    assert close(grads(got, (theta,), up)[0], grads(want, (theta,), up)[0], 1e-5)
+
+
+def test_batched_experts_loss_matches_reference():
+    bits, e = 2, 2
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(e, 4, 128, 4, generator=g).requires_grad_(True)
+    scales = (torch.rand(e, 4, 1, generator=g) * 0.02 + 0.01).requires_grad_(True)
+    weight = torch.randn(e, 4, 128, generator=g) * 0.02
+    x = torch.randn(e, 8, 128, generator=g)
+    h = x.transpose(-1, -2) @ x
+    noise = gsq.gumbel_noise(tuple(logits.shape), 5, device="cpu")
+    got = gsq.gsq_loss(logits, scales, weight, 0.6, bits, hessian=h, seed=5)
+    want = ref.gsq_loss_ref(logits, scales, weight, noise, 0.6, bits, hessian=h)
+    assert close(got, want, 1e-5)
+    for a, b in zip(grads(got, (logits, scales)), grads(want, (logits, scales))):
+        assert close(a, b, 1e-4)
+
+
 def test_fused_and_reference_forms_agree_with_each_other():
     """X form and Hessian form are the same loss: a check on the reference itself."""
     logits, scales, weight, x = problem(2, seed=5)
@@ -103,7 +134,7 @@ def test_bad_arguments_are_rejected():
         gsq.gsq_soft_weight(logits, scales, 0.0, 2)
     with pytest.raises(ValueError, match="not both"):
         gsq.gsq_soft_weight(logits, scales, 1.0, 2, noise=torch.zeros(logits.shape), seed=1)
-    with pytest.raises(ValueError, match=r"\[N, K, 16\]"):
+    with pytest.raises(ValueError, match=r"N, K, 16\]"):
         gsq.gsq_soft_weight(logits, scales, 1.0, 4)
     with pytest.raises(ValueError, match="exactly one"):
         gsq.gsq_loss(logits, scales, weight, 1.0, 2)

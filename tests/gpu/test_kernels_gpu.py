@@ -1,0 +1,159 @@
+"""The Triton kernels compiled for the GPU, at the real Qwen3.6-35B-A3B expert sizes.
+
+Run in its own pytest process (``pytest tests/gpu/test_kernels_gpu.py``): the CPU tests in
+tests/unit/kernels load the same modules through Triton's interpreter. Each check poisons its
+output with NaN first, draws fresh random inputs, and compares with the plain-torch reference
+(fp32 math) by relative Frobenius error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dedicated.kernels import gsq_relax as gsq
+from dedicated.kernels import reference as ref
+from dedicated.kernels.configs import MOE_TABLE
+from dedicated.kernels.dequant import dequantize
+from dedicated.kernels.gemm import GemmConfig, dequant_gemm, dq_gemm_kernel
+from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
+from dedicated.kernels.unpack import is_interpreted
+from dedicated.quantize_job.bitpack import pack
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        is_interpreted(dq_gemm_kernel),
+        reason="kernels were loaded by Triton's interpreter (tests/unit/kernels in the same session)",
+    ),
+]
+
+HIDDEN, INTER, EXPERTS, TOP_K, GROUP = 2048, 512, 256, 8, 128
+DEV = "cuda"
+
+
+def packed_experts(e, n, k, bits, seed):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    half = 1 << (bits - 1)
+    codes = torch.randint(-half, half, (e, n, k), generator=g, device=DEV)
+    scales = (torch.rand(e, n, k // GROUP, generator=g, device=DEV) * 0.02 + 0.002).to(torch.bfloat16)
+    return pack(codes + half, bits), scales
+
+
+def route(m, seed, experts_used=200):
+    """Top-8 of random scores over the first ``experts_used`` experts: the rest get zero tokens."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    scores = torch.randn(m, experts_used, generator=g, device=DEV)
+    weights, ids = scores.softmax(-1).topk(TOP_K, dim=-1)
+    return ids.to(torch.int32), (weights / weights.sum(-1, keepdim=True)).float()
+
+
+def rel_err(a, b):
+    assert not torch.isnan(a).any(), "output has unwritten (NaN) elements"
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_dequantize_exact_at_expert_size(bits):
+    packed, scales = packed_experts(16, 2 * INTER, HIDDEN, bits, seed=bits)
+    got = dequantize(packed, scales, bits, GROUP)
+    want = ref.dequantize_ref(packed, scales, bits, GROUP)
+    assert torch.equal(got, want), "both round the fp32 product once to bf16"
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("m", [1, 7, 33, 200, 1000])
+def test_dense_gemm_default_configs(bits, m):
+    packed, scales = packed_experts(1, 2048, HIDDEN, bits, seed=m)
+    x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
+    out = torch.full((m, 2048), float("nan"), device=DEV, dtype=torch.bfloat16)
+    got = dequant_gemm(x, packed[0], scales[0], bits, GROUP, out=out)
+    want = ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32)
+    assert rel_err(got, want) < 5e-3
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("swap_ab,mode", [(False, 0), (False, 1), (True, 0), (True, 1)])
+def test_dense_gemm_every_code_path(bits, swap_ab, mode):
+    m = 45
+    packed, scales = packed_experts(1, 1000, HIDDEN, bits, seed=3)  # N=1000: ragged last block
+    x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
+    cfg = GemmConfig(block_m=16 if swap_ab else 64, block_n=64 if swap_ab else 128, block_k=128,
+                     swap_ab=swap_ab, mode=mode)
+    out = torch.full((m, 1000), float("nan"), device=DEV, dtype=torch.float32)
+    got = dequant_gemm(x, packed[0], scales[0], bits, GROUP, config=cfg, out=out)
+    want = ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32)
+    assert rel_err(got, want) < 1e-4  # fp32 output: only accumulation order differs
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2bit", "4bit"])
+def experts(request):
+    bits = request.param
+    w13, s13 = packed_experts(EXPERTS, 2 * INTER, HIDDEN, bits, seed=10 + bits)
+    w2, s2 = packed_experts(EXPERTS, HIDDEN, INTER, bits, seed=20 + bits)
+    return bits, w13, s13, w2, s2
+
+
+@pytest.mark.parametrize("m", [1, 8, 33, 128, 2048])
+def test_moe_gemm_real_shapes_default_config(experts, m):
+    bits, w13, s13, w2, s2 = experts
+    ids, weights = route(m, seed=m)
+    x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
+    from dedicated.kernels.moe_gemm import default_moe_config
+
+    cfg = default_moe_config(m, TOP_K, EXPERTS, 2 * INTER, HIDDEN, bits)
+    r = moe_align(ids, EXPERTS, cfg.block_m)
+    out = torch.full((m * TOP_K, 2 * INTER), float("nan"), device=DEV, dtype=torch.bfloat16)
+    got = moe_gemm(x, w13, s13, r, bits, GROUP, config=cfg, out=out)
+    assert rel_err(got, ref.moe_gemm_ref(x, w13, s13, ids, bits, GROUP, out_dtype=torch.float32)) < 5e-3
+    xd = torch.randn(m * TOP_K, INTER, device=DEV).to(torch.bfloat16)
+    cfg = default_moe_config(m, TOP_K, EXPERTS, HIDDEN, INTER, bits)
+    r = moe_align(ids, EXPERTS, cfg.block_m)
+    out = torch.full((m * TOP_K, HIDDEN), float("nan"), device=DEV, dtype=torch.bfloat16)
+    got = moe_gemm(xd, w2, s2, r, bits, GROUP, topk_weights=weights, config=cfg, out=out)
+    want = ref.moe_gemm_ref(xd, w2, s2, ids, bits, GROUP, topk_weights=weights, out_dtype=torch.float32)
+    assert rel_err(got, want) < 5e-3
+
+
+@pytest.mark.parametrize("row", range(len(MOE_TABLE)))
+def test_every_tuned_moe_config_is_correct(experts, row):
+    bits, w13, s13, _, _ = experts
+    cfg = MOE_TABLE[row][1]
+    m = 77  # odd token count: ragged blocks for every block_m
+    ids, _ = route(m, seed=row)
+    x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
+    r = moe_align(ids, EXPERTS, cfg.block_m)
+    out = torch.full((m * TOP_K, 2 * INTER), float("nan"), device=DEV, dtype=torch.float32)
+    got = moe_gemm(x, w13, s13, r, bits, GROUP, config=cfg, out=out)
+    assert rel_err(got, ref.moe_gemm_ref(x, w13, s13, ids, bits, GROUP, out_dtype=torch.float32)) < 1e-4
+
+
+def test_fused_moe_real_shapes(experts):
+    bits, w13, s13, w2, s2 = experts
+    m = 64
+    ids, weights = route(m, seed=5)
+    x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
+    got = fused_moe(x, w13, s13, w2, s2, ids, weights, bits, GROUP)
+    want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, weights, bits, GROUP)
+    assert rel_err(got, want) < 1e-2
+
+
+@pytest.mark.parametrize("bits,n", [(2, 2 * INTER), (4, INTER)])
+@pytest.mark.parametrize("form", ["x", "hessian"])
+def test_gsq_at_expert_size(bits, n, form):
+    torch.manual_seed(bits)
+    levels = 1 << bits
+    logits = torch.randn(n, HIDDEN, levels, device=DEV, requires_grad=True)
+    scales = (torch.rand(n, HIDDEN // GROUP, device=DEV) * 0.02 + 0.01).requires_grad_(True)
+    weight = torch.randn(n, HIDDEN, device=DEV) * 0.02
+    x = torch.randn(512, HIDDEN, device=DEV)
+    kw = {"x": x} if form == "x" else {"hessian": x.T @ x}
+    seed, tau = 2024, 0.8
+    noise = gsq.gumbel_noise(tuple(logits.shape), seed, device=DEV)
+    got = gsq.gsq_loss(logits, scales, weight, tau, bits, GROUP, seed=seed, **kw)
+    want = ref.gsq_loss_ref(logits, scales, weight, noise, tau, bits, GROUP, **kw)
+    assert abs(got.item() - want.item()) / want.item() < 1e-4
+    for a, b in zip(torch.autograd.grad(got, (logits, scales)), torch.autograd.grad(want, (logits, scales))):
+        assert rel_err(a, b) < 1e-3
+    w = gsq.gsq_soft_weight(logits, scales, tau, bits, GROUP, seed=seed)
+    assert rel_err(w, ref.gsq_soft_weight_ref(logits, scales, noise, tau, bits, GROUP)) < 1e-5
