@@ -35,12 +35,23 @@ def write_termination_line(line: str) -> None:
         log.debug("could not write the termination log %s: %s", path, exc)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. under pytest)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
-    if not any(getattr(h, "_dedicated", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
-        handler._dedicated = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -52,9 +63,10 @@ def run_command(args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "verbose", False))
     try:
         from dedicated.quantize_job.config import load_config
+
+        config = load_config(args.config)  # before importing torch: a bad config fails in a second
         from dedicated.quantize_job.pipeline import run_job
 
-        config = load_config(args.config)
         result = run_job(config)
         log.info("done: %s (%d bytes) perplexity ratio %s", result.get("artifact", {}).get("location"),
                  result.get("artifact", {}).get("totalBytes") or 0,

@@ -265,6 +265,7 @@ def _run(run: Run) -> dict[str, Any]:
     state = JobState(Path(cfg.output.state_dir))
     device = _device(cfg.runtime.device)
     dtype = torch.bfloat16 if cfg.runtime.dtype == "bfloat16" else torch.float32
+    engine_configs = _engine_configs(cfg.runtime.method_options)  # a typo fails now, not after hours
 
     # -- fetch ---------------------------------------------------------------------------------
     with stage(progress, "fetch", timings, cfg.model.describe()):
@@ -303,7 +304,7 @@ def _run(run: Run) -> dict[str, Any]:
 
     # -- quantize ------------------------------------------------------------------------------
     with stage(progress, "quantize", timings):
-        layers_info = _quantize(run, state, fetched, modules, text, device, dtype)
+        layers_info = _quantize(run, state, fetched, modules, text, device, dtype, engine_configs)
 
     # -- export --------------------------------------------------------------------------------
     with stage(progress, "export", timings):
@@ -373,14 +374,14 @@ def _already_published(run: Run, fingerprint: str) -> dict[str, Any] | None:
 
 
 def _quantize(run: Run, state: JobState, fetched: FetchedModel, modules: list[str], text: TextData,
-              device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+              device: torch.device, dtype: torch.dtype, engine_configs) -> dict[str, Any]:
     cfg, progress = run.config, run.progress
     if cfg.method != "gsq":
         raise StageFailed(f"method {cfg.method} is not wired into the pipeline yet")
     from dedicated.quantize_job.calibration import InsufficientCalibrationError
     from dedicated.quantize_job.layerwise import NoExpertsError, StateMismatchError, quantize_model, target_names
 
-    gptq_cfg, gsq_cfg, cal_cfg = _engine_configs(cfg.runtime.method_options)
+    gptq_cfg, gsq_cfg, cal_cfg = engine_configs
     model = load_base_model_cpu(fetched.path, dtype)
     targets = _engine_targets(modules)
     engine_names = set(target_names(model, targets))
