@@ -71,7 +71,7 @@ class LabelSelector(ApiModel):
     match_labels: Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None,
                             Field(max_length=32, description="Labels a namespace must carry.",
                                   json_schema_extra=k8s_extra(cel(
-                                      f"self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY}'))",
+                                      f"self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY.replace(chr(92) + '.', '[.]')}'))",
                                       "spec.namespaces.selector.matchLabels: every key must be a valid label key")))] = None
     match_expressions: Annotated[list[SelectorRequirement] | None, Field(
         max_length=32, description="Set-based requirements on namespace labels.")] = None

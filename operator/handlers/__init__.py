@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from . import endpoint, quantizedmodel
+from . import admission, endpoint, quantizedmodel, quota
 from .context import ENDPOINT, QUANTIZED_MODEL, OperatorContext
 
 
@@ -24,6 +24,8 @@ def build_registry(ctx: OperatorContext, login: Any = None) -> kopf.OperatorRegi
     registry = kopf.OperatorRegistry()
     endpoint.register(registry, ctx)
     quantizedmodel.register(registry, ctx)
+    quota.register(registry, ctx)  # GPU quotas: ledger, GPUQuota status, ResourceQuota mirrors (issue 8)
+    admission.register(registry, ctx)  # admission webhooks (issue 8; off unless DEDICATED_WEBHOOK_MODE)
     if login is not None:
         kopf.on.login(registry=registry)(login)
 

@@ -178,6 +178,7 @@ class OperatorContext:
     gate: Callable[[], bool] = field(default=lambda: True)
     known: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: {ENDPOINT: set(), QUANTIZED_MODEL: set()})
     hub_client: Any = None  # a huggingface_hub.HfApi-like object; None: the real Hub
+    quota: Any = None  # handlers.quota.QuotaGate, set by quota.register (issue 8)
 
     def resync_all(self) -> int:
         """Enqueue every known object (thread-safe); returns how many."""
