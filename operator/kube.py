@@ -76,11 +76,14 @@ SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+PERSISTENT_VOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 
 BY_KIND: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
     for r in (DEDICATED_ENDPOINTS, QUANTIZED_MODELS, DEPLOYMENTS, SERVICES, CONFIGMAPS, SECRETS, PODS, EVENTS,
-              SERVICE_ACCOUNTS, JOBS, ROLES, ROLE_BINDINGS)
+              SERVICE_ACCOUNTS, JOBS, ROLES, ROLE_BINDINGS, PVCS, PERSISTENT_VOLUMES, NAMESPACES)
 }
 
 

@@ -196,15 +196,34 @@ class FactsLocation:
 
 
 def tensors_document(checkpoint: Checkpoint) -> str:
-    doc = {"formatVersion": FORMAT_VERSION, "source": checkpoint.source, "totalBytes": checkpoint.total_bytes,
-           "tensorCount": len(checkpoint.tensors), "tensors": encode_tensors(checkpoint.tensors)}
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    """The tensor table as JSON, one entry per line (readable in ``kubectl get cm -o yaml``)."""
+    head = {"formatVersion": FORMAT_VERSION, "source": checkpoint.source, "totalBytes": checkpoint.total_bytes,
+            "tensorCount": len(checkpoint.tensors)}
+    entries = ",\n".join("  " + json.dumps(e, separators=(",", ":"), sort_keys=True)
+                         for e in encode_tensors(checkpoint.tensors))
+    return json.dumps(head, sort_keys=True)[:-1] + ', "tensors": [\n' + entries + "\n]}\n"
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings as ``|`` blocks, so the JSON documents stay readable in YAML."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str)
+
+
+def to_yaml(configmap: Mapping[str, Any]) -> str:
+    return yaml.dump(dict(configmap), Dumper=_LiteralDumper, sort_keys=False, width=4096)
 
 
 def facts_configmap(checkpoint: Checkpoint, location: FactsLocation, *, name: str,
                     namespace: str | None = None) -> dict[str, Any]:
     """The ConfigMap manifest for ``checkpoint`` as found at ``location``."""
-    data = {CONFIG_KEY: json.dumps(checkpoint.config, indent=1, sort_keys=True),
+    data = {CONFIG_KEY: json.dumps(checkpoint.config, indent=1, sort_keys=True) + "\n",
             TENSORS_KEY: tensors_document(checkpoint)}
     size = sum(len(v.encode()) for v in data.values())
     if size > MAX_CONFIGMAP_BYTES:
@@ -282,7 +301,7 @@ def _command(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = yaml.safe_dump(cm, sort_keys=False, width=120)
+    text = to_yaml(cm)
     if args.output:
         Path(args.output).write_text(text)
     else:

@@ -121,6 +121,8 @@ def configure(settings: kopf.OperatorSettings, cfg: RuntimeConfig) -> None:
     settings.peering.mandatory = not cfg.standalone
     settings.peering.clusterwide = cfg.all_namespaces
     settings.peering.stealth = True
+    if cfg.extra.get("priority") is not None:
+        settings.peering.priority = cfg.extra["priority"]
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/operator"
@@ -192,8 +194,9 @@ async def serve(cfg: RuntimeConfig, *, ctx: OperatorContext | None = None, stop_
                   asyncio.create_task(_housekeeping(ctx), name="housekeeping")]
     try:
         await kopf.operator(
-            registry=registry, settings=settings, standalone=cfg.standalone, priority=cfg.extra.get("priority"),
-            peering_name=cfg.peering_name, identity=cfg.options.identity,
+            # Peering is configured in ``settings`` only: kopf's ``peering_name=`` argument would
+            # also force mandatory peering, even for a standalone operator.
+            registry=registry, settings=settings, identity=cfg.options.identity,
             clusterwide=cfg.all_namespaces, namespaces=() if cfg.all_namespaces else list(cfg.namespaces),
             liveness_endpoint=cfg.liveness_endpoint, stop_flag=stop_flag, ready_flag=ready_flag)
     finally:
@@ -328,3 +331,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--print-peering-crds", action="store_true",
                         help="print kopf's peering CRDs (for installing by hand) and exit")
     parser.set_defaults(handler=_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dedicated.operator.runtime [options]``: the same as ``dedicated run``, without
+    importing the other commands' modules (some import torch: ~500 MiB the operator never needs)."""
+    parser = argparse.ArgumentParser(prog="python -m dedicated.operator.runtime")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,16 +20,23 @@ from pydantic import ValidationError
 from ..api.crd import GROUP, VERSION
 from ..api.endpoint import DedicatedEndpointSpec, EndpointConditionType as C, EndpointPhase
 from ..builders.naming import MANAGED_BY, service_name
-from ..kube import DEDICATED_ENDPOINTS, DEPLOYMENTS, SERVICES, owner_names
+from ..kube import DEDICATED_ENDPOINTS, DEPLOYMENTS, PODS, SERVICES, owner_names
 from ..modelfacts import FACTS_LABEL
 from ..reconcile.common import EventSpec, Want, apply_conditions, condition_dicts, stored_conditions
-from ..reconcile.endpoint import POD_ANNOTATIONS_ANNOTATION, EndpointInput, desired_objects, endpoint_status
+from ..reconcile.endpoint import (
+    POD_ANNOTATIONS_ANNOTATION,
+    EndpointInput,
+    desired_objects,
+    endpoint_status,
+    pod_problem,
+)
 from .context import ENDPOINT, OperatorContext
 from .models import model_state
 
 log = logging.getLogger("dedicated.operator.endpoint")
 
 INVALID_SPEC = "InvalidSpec"
+ROLLOUT_POLL_SECONDS = 10.0
 OBJECT_CONFLICT = "ObjectConflict"
 _ANNOTATION_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                              r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -58,6 +65,12 @@ def _controlled_by(obj: Mapping[str, Any] | None, uid: str) -> bool:
         return True
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def _rollout_done(deployment: Mapping[str, Any], want: int) -> bool:
+    st = deployment.get("status") or {}
+    return (st.get("observedGeneration") or 0) >= (deployment["metadata"].get("generation") or 0) and \
+        (st.get("readyReplicas") or 0) >= want and (st.get("updatedReplicas") or 0) >= want
 
 
 def _post(ctx: OperatorContext, body: Mapping[str, Any], events: list[EventSpec]) -> None:
@@ -117,12 +130,21 @@ def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) -> float
         dep_desired, svc_desired = desired.objects
         service, _ = ctx.kube.apply_if_changed(svc_desired, service)
         deployment, rolled = ctx.kube.apply_if_changed(dep_desired, deployment)
-    status, events = endpoint_status(inp, desired, deployment)
+    problem = None
+    if deployment is not None and not _rollout_done(deployment, spec.replicas):
+        selector = ",".join(f"{k}={v}" for k, v in sorted(
+            (deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}).items()))
+        problem = pod_problem(ctx.kube.list(PODS, namespace, label_selector=selector)) if selector else None
+    status, events = endpoint_status(inp, desired, deployment, pods_problem=problem)
     if rolled and desired.serving is not None:
         events.insert(0, EventSpec("Normal", "Applied", f"Deployment {name} applied (spec hash "
                                                         f"{desired.serving.spec_hash}, {spec.replicas} replica(s))"))
     if ctx.kube.patch_status(DEDICATED_ENDPOINTS, body, status):
         _post(ctx, body, events)
+    if deployment is not None and not _rollout_done(deployment, spec.replicas):
+        # Pods are not watched (the operator would hold every pod of the cluster in memory):
+        # while a rollout is not done, look again for scheduling and container problems.
+        return min(retry or ROLLOUT_POLL_SECONDS, ROLLOUT_POLL_SECONDS)
     return retry
 
 
@@ -135,12 +157,12 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     def enqueue(namespace: str, name: str) -> None:
         ctx.queue.enqueue(ENDPOINT, namespace, name)
 
-    @kopf.index(GROUP, VERSION, "dedicatedendpoints", registry=registry)
+    @kopf.index(GROUP, VERSION, "dedicatedendpoints", id="endpoints_by_model", registry=registry)
     def endpoints_by_model(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict:
         ref = ((spec or {}).get("model") or {}).get("quantizedModelRef") or {}
         return {(namespace, ref["name"]): name} if ref.get("name") else {}
 
-    @kopf.index(GROUP, VERSION, "dedicatedendpoints", registry=registry)
+    @kopf.index(GROUP, VERSION, "dedicatedendpoints", id="endpoints_by_namespace", registry=registry)
     def endpoints_by_namespace(namespace: str, name: str, **_: Any) -> dict:
         return {namespace: name}
 

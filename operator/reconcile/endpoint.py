@@ -39,7 +39,7 @@ FAILURE_REASONS = frozenset({
     R.QUANTIZED_MODEL_FAILED, R.QUANTIZED_MODEL_NOT_FOUND, R.MODEL_NOT_FOUND, R.CONFIG_UNREADABLE,
     R.SECRET_NOT_FOUND, R.POOL_NOT_FOUND, R.NO_POOL_MATCHES, R.INSUFFICIENT_GPU_MEMORY,
     R.UNSUPPORTED_COMPUTE_CAPABILITY, R.INCOMPATIBLE_TENSOR_PARALLEL, R.CONTEXT_TOO_LONG,
-    R.FEATURE_UNAVAILABLE, R.UNSUPPORTED_MODEL,
+    R.FEATURE_UNAVAILABLE, R.UNSUPPORTED_MODEL, "Unschedulable", "ContainerFailing", "ProgressDeadlineExceeded",
 })
 #: Reason of Progressing/Ready when the Deployment reports ProgressDeadlineExceeded.
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
@@ -122,9 +122,42 @@ def _deployment_facts(dep: Mapping[str, Any] | None) -> dict[str, Any]:
         "ready": int(status.get("readyReplicas") or 0),
         "available": int(status.get("availableReplicas") or 0),
         "hash": ((spec.get("template") or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+        # The Deployment controller's own verdict: NewReplicaSetAvailable once a rollout finished.
+        "rollout_done": progressing is not None and progressing.get("reason") == "NewReplicaSetAvailable",
         "deadline": progressing is not None and progressing.get("reason") == "ProgressDeadlineExceeded",
         "deadline_message": (progressing or {}).get("message", ""),
     }
+
+
+#: Reasons derived from the serving pods while a rollout is not complete.
+UNSCHEDULABLE = "Unschedulable"
+CONTAINER_FAILING = "ContainerFailing"
+
+
+def pod_problem(pods: list[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """Why serving pods do not become ready, as (reason, message): the scheduler cannot place them
+    (no free GPUs of the planned kind), or a container keeps failing (with its termination
+    message). ``None`` when nothing is wrong beyond waiting."""
+    unschedulable = []
+    failing = []
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                unschedulable.append(f"{name}: {c.get('message', '')}".strip())
+        statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
+        statuses += (pod.get("status") or {}).get("containerStatuses") or []
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in ("CrashLoopBackOff", "CreateContainerConfigError", "ImagePullBackOff",
+                                         "ErrImagePull", "CreateContainerError"):
+                last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message") or waiting.get("message") or ""
+                failing.append(f"{name}/{cs.get('name')}: {waiting['reason']}" + (f": {last.strip()}" if last else ""))
+    if failing:
+        return CONTAINER_FAILING, "; ".join(sorted(failing))[:2048]
+    if unschedulable:
+        return UNSCHEDULABLE, "; ".join(sorted(unschedulable))[:2048]
+    return None
 
 
 def _model_wants(model: ModelState) -> list[Want]:
@@ -136,7 +169,8 @@ def _model_wants(model: ModelState) -> list[Want]:
 
 
 def endpoint_status(inp: EndpointInput, desired: Desired, deployment: Mapping[str, Any] | None,
-                    *, now: datetime | None = None) -> tuple[dict[str, Any], list[EventSpec]]:
+                    *, now: datetime | None = None,
+                    pods_problem: tuple[str, str] | None = None) -> tuple[dict[str, Any], list[EventSpec]]:
     """The status to store and the Events its transitions deserve.
 
     ``deployment`` is the live Deployment after any apply (or ``None``): a Deployment applied
@@ -192,10 +226,13 @@ def endpoint_status(inp: EndpointInput, desired: Desired, deployment: Mapping[st
             phase = EndpointPhase.READY
         else:
             rolling = not d or not current or not d["observed"] or d["updated"] < want_replicas or \
-                d["replicas"] > want_replicas
+                d["replicas"] > want_replicas or not d["rollout_done"]
             if d and d["deadline"]:
                 prog = Want(C.PROGRESSING, False, PROGRESS_DEADLINE_EXCEEDED, d["deadline_message"])
                 ready = Want(C.READY, False, PROGRESS_DEADLINE_EXCEEDED, d["deadline_message"] or counts)
+            elif pods_problem is not None:
+                prog = Want(C.PROGRESSING, True, R.ROLLING_OUT, counts)
+                ready = Want(C.READY, False, pods_problem[0], f"{counts}: {pods_problem[1]}")
             elif rolling:
                 prog = Want(C.PROGRESSING, True, R.ROLLING_OUT, counts)
                 ready = Want(C.READY, False, R.ROLLING_OUT, counts)
@@ -206,6 +243,8 @@ def endpoint_status(inp: EndpointInput, desired: Desired, deployment: Mapping[st
                          f"{serving_now}/{want_replicas} replicas available")
             wants += [prog, avail, ready]
             phase = EndpointPhase.DEPLOYING if rolling or not serving_now else EndpointPhase.DEGRADED
+            if pods_problem is not None and pods_problem[0] == CONTAINER_FAILING:
+                phase = EndpointPhase.DEGRADED if serving_now else EndpointPhase.FAILED
             if d and d["deadline"]:
                 phase = EndpointPhase.DEGRADED if serving_now else EndpointPhase.FAILED
 

@@ -15,7 +15,7 @@ import pytest
 from dedicated.operator.api import DedicatedEndpointSpec
 from dedicated.operator.builders import resolve_model
 from dedicated.operator.images import ImageConfig
-from dedicated.operator.reconcile.endpoint import EndpointInput, ModelState, desired_objects, endpoint_status
+from dedicated.operator.reconcile.endpoint import EndpointInput, ModelState, desired_objects, endpoint_status, pod_problem
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -40,7 +40,7 @@ def make_input(pools, model: ModelState, sp: DedicatedEndpointSpec, status=None,
 
 
 def live(deployment: dict, *, ready: int, updated: int | None = None, total: int | None = None,
-         observed: bool = True) -> dict:
+         observed: bool = True, rollout_done: bool = True) -> dict:
     """The Deployment as the API would return it after the controller did its work."""
     dep = copy.deepcopy(deployment)
     dep["metadata"]["generation"] = 3
@@ -48,6 +48,8 @@ def live(deployment: dict, *, ready: int, updated: int | None = None, total: int
     dep["status"] = {"observedGeneration": 3 if observed else 2, "replicas": want if total is None else total,
                      "updatedReplicas": want if updated is None else updated, "readyReplicas": ready,
                      "availableReplicas": ready}
+    if rollout_done:
+        dep["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]
     return dep
 
 
@@ -106,8 +108,9 @@ def test_partial_readiness_is_degraded_not_rolling(profiles, pools) -> None:
     assert status["phase"] == "Degraded"
     assert cond(status, "Available")["status"] == "True"
     assert cond(status, "Ready")["reason"] == "ReplicasNotReady"
-    status, _ = endpoint_status(inp, desired, live(desired.objects[0], ready=0), now=T0)
-    assert status["phase"] == "Deploying"
+    status, _ = endpoint_status(inp, desired, live(desired.objects[0], ready=0, rollout_done=False), now=T0)
+    assert status["phase"] == "Deploying"  # all pods updated, none ready yet: still the rollout
+    assert cond(status, "Progressing")["reason"] == "RollingOut"
 
 
 def test_spec_change_rolls_out(profiles, pools) -> None:
@@ -209,3 +212,26 @@ def test_progress_deadline_exceeded_is_reported(profiles, pools) -> None:
                                     "message": 'ReplicaSet "ep-1" has timed out progressing.'}]
     status, _ = endpoint_status(inp, desired, dep, now=T0)
     assert status["phase"] == "Failed" and cond(status, "Ready")["reason"] == "ProgressDeadlineExceeded"
+
+
+def test_pod_problems_explain_a_stuck_rollout(profiles, pools) -> None:
+    sp = spec()
+    inp = make_input(pools, ok_model(profiles, sp), sp)
+    desired = desired_objects(inp)
+    pending = {"metadata": {"name": "ep-1"}, "status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/18 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}
+    crashing = {"metadata": {"name": "ep-2"}, "status": {"containerStatuses": [
+        {"name": "vllm", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+         "lastState": {"terminated": {"exitCode": 1, "message": "CUDA out of memory"}}}]}}
+    assert pod_problem([]) is None
+    reason, message = pod_problem([pending])
+    assert reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in message
+    reason, message = pod_problem([pending, crashing])
+    assert reason == "ContainerFailing" and "ep-2/vllm: CrashLoopBackOff: CUDA out of memory" in message
+    dep = live(desired.objects[0], ready=0, rollout_done=False)
+    status, events = endpoint_status(inp, desired, dep, now=T0, pods_problem=(reason, message))
+    assert status["phase"] == "Failed" and cond(status, "Ready")["reason"] == "ContainerFailing"
+    assert any(e.type == "Warning" for e in events)
+    status, _ = endpoint_status(inp, desired, dep, now=T0, pods_problem=pod_problem([pending]))
+    assert status["phase"] == "Deploying" and cond(status, "Ready")["reason"] == "Unschedulable"
