@@ -4,24 +4,22 @@ The library call the quantize Job uses is :func:`repack_checkpoint`; `dedicated 
 is the same call from the command line. See docs/humming-format.md.
 """
 
-from dedicated.quantize_job.humming.format import DEFAULT_IGNORE, HummingFormatError, HummingSpec
-from dedicated.quantize_job.humming.pack import dequantize, from_humming, to_humming
-from dedicated.quantize_job.humming.scales import (
-    ScaleRoundingError,
-    exact_bf16,
-    round_scales_to_bf16,
-)
+import importlib
 
-_LAZY = {"RepackError", "RepackReport", "repack_checkpoint"}
+# Every name is loaded on first use: the package is imported whenever `dedicated` registers the
+# `repack` command, and its modules import torch (the converter also compressed-tensors and
+# transformers), which the operator process (`dedicated run`) must never load.
+_LAZY = {
+    "DEFAULT_IGNORE": "format", "HummingFormatError": "format", "HummingSpec": "format",
+    "dequantize": "pack", "from_humming": "pack", "to_humming": "pack",
+    "ScaleRoundingError": "scales", "exact_bf16": "scales", "round_scales_to_bf16": "scales",
+    "RepackError": "repack", "RepackReport": "repack", "repack_checkpoint": "repack",
+}
 
 
 def __getattr__(name: str) -> object:
-    # The converter imports compressed-tensors (and through it transformers): load it on first use
-    # so the format helpers stay cheap to import.
     if name in _LAZY:
-        from dedicated.quantize_job.humming import repack
-
-        return getattr(repack, name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

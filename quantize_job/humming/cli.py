@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dedicated.quantize_job.humming.format import DEFAULT_IGNORE
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,12 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="extra ignore entry for config.json ('re:REGEX' or a substring); "
                         "repeatable")
     parser.add_argument("--no-default-ignore", action="store_true",
-                        help="do not add the design card's ignore patterns: "
-                        + ", ".join(DEFAULT_IGNORE))
+                        help="do not add the design card's ignore patterns (lm_head, attention, "
+                        "linear attention, vision, MTP, router gates, shared experts)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at module level: `dedicated` registers every command's parser, and the
+    # Humming modules import torch, which `dedicated run` (the operator) must never load.
+    from dedicated.quantize_job.humming.format import DEFAULT_IGNORE
     from dedicated.quantize_job.humming.repack import repack_checkpoint
 
     try:
