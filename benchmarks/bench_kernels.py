@@ -203,26 +203,28 @@ def bytes_moved(m: int, kind: str, bits: int, active: float) -> float:
 
 
 def candidates(m: int):
+    """Launch configs the sweep tries (run 1 showed unpack mode 1 losing everywhere: not retried)."""
     from dedicated.kernels.gemm import GemmConfig as C
 
     if m <= 128:
         out = []
         for bn in (64, 128):
-            for mode in (0, 1):
-                for stages in (3, 5):
-                    out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=mode, num_warps=4, num_stages=stages))
-            out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=False, mode=1, num_warps=4, num_stages=4))
-        out.append(C(block_m=16, block_n=32, block_k=128, swap_ab=False, mode=1, num_warps=2, num_stages=4))
-        out.append(C(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=1, num_warps=4, num_stages=4))
-        out.append(C(block_m=16, block_n=64, block_k=64, swap_ab=True, mode=1, num_warps=4, num_stages=6))
+            for stages in (3, 5):
+                out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=stages))
+            out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=3, scale_b=True))
+            out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=False, mode=0, num_warps=4, num_stages=3))
+        for bm in (1, 2, 4, 8):
+            out.append(C(block_m=bm, block_n=16, block_k=128, kernel="fma", num_warps=2, num_stages=3))
+            out.append(C(block_m=bm, block_n=32, block_k=128, kernel="fma", num_warps=4, num_stages=3))
+            out.append(C(block_m=bm, block_n=64, block_k=128, kernel="fma", num_warps=4, num_stages=3))
         return out
     out = []
-    for bm, bn, bk, w, s in ((64, 128, 64, 4, 4), (64, 128, 128, 4, 3), (128, 128, 64, 8, 3),
-                             (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (64, 256, 64, 8, 3)):
-        for mode in (0, 1):
-            out.append(C(block_m=bm, block_n=bn, block_k=bk, swap_ab=False, mode=mode, num_warps=w, num_stages=s))
-    out.append(C(block_m=64, block_n=128, block_k=64, swap_ab=True, mode=1, num_warps=4, num_stages=4))
-    out.append(C(block_m=32, block_n=128, block_k=128, swap_ab=True, mode=1, num_warps=4, num_stages=4))
+    for bm, bn, bk, w, st in ((64, 128, 128, 4, 3), (64, 128, 64, 4, 4), (128, 128, 128, 8, 3),
+                              (64, 256, 64, 8, 3), (128, 128, 64, 8, 3)):
+        out.append(C(block_m=bm, block_n=bn, block_k=bk, swap_ab=False, mode=0, num_warps=w, num_stages=st))
+    for bm, bn, bk, w, st in ((64, 128, 128, 4, 3), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3),
+                              (128, 256, 64, 8, 3), (128, 128, 128, 8, 4), (64, 256, 64, 8, 3)):
+        out.append(C(block_m=bm, block_n=bn, block_k=bk, swap_ab=False, mode=0, num_warps=w, num_stages=st, scale_b=True))
     return out
 
 
@@ -410,30 +412,41 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                 def check(out):
                     return ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
 
-                if args.sweep:
-                    best = None
-                    for cfg in candidates(m):
-                        try:
-                            t, _ = time_calls(mine_calls(cfg), replays=10)
-                        except Exception as exc:  # noqa: BLE001
-                            sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": cfg.short(), "error": str(exc)[:200]})
-                            continue
-                        sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": cfg.short(), "us": t * 1e6,
-                                           "cfg": dataclasses.asdict(cfg)})
-                        if best is None or t < best[0]:
-                            best = (t, cfg)
-                    if best:
-                        row["sweep_best"] = best[1].short()
-                        row["sweep_best_us"] = best[0] * 1e6
-                        row["sweep_best_cfg"] = dataclasses.asdict(best[1])
-                        log(f"  M={m}: sweep best {best[1].short()} {best[0] * 1e6:.1f}us")
-                cfg = default_moe_config(m, TOP_K, E, n, k, bits)
+                default_cfg = default_moe_config(m, TOP_K, E, n, k, bits)
+                tried = [default_cfg] + ([c for c in candidates(m) if c != default_cfg] if args.sweep else [])
+                best = None
+                for cfg in tried:
+                    try:
+                        calls = mine_calls(cfg)
+                        outs[0].fill_(float("nan"))  # a config that writes nothing must not pass
+                        calls[0]()
+                        err = check(outs[0])
+                        if not err < 2e-2:  # a fast wrong answer must never win
+                            raise RuntimeError(f"wrong result, rel. error {err:.2e}")
+                        t, _ = time_calls(calls, replays=10)
+                    except Exception as exc:  # noqa: BLE001
+                        sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": cfg.short(), "error": str(exc)[:200]})
+                        log(f"  {cfg.short()} rejected: {str(exc)[:200]}")
+                        continue
+                    sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": cfg.short(), "us": t * 1e6,
+                                       "err": err, "cfg": dataclasses.asdict(cfg)})
+                    if cfg == default_cfg:
+                        row["default_config"], row["default_us"] = cfg.short(), t * 1e6
+                    if best is None or t < best[0]:
+                        best = (t, cfg, err)
+                if best is None:
+                    log(f"  no working config at M={m}; row skipped")
+                    continue
+                cfg = best[1]
                 calls = mine_calls(cfg)
                 calls[0]()
                 row["mine_config"] = cfg.short()
+                row["mine_cfg"] = dataclasses.asdict(cfg)
                 row["mine_err_vs_bf16"] = check(outs[0])
                 t, mode = time_calls(calls)
                 row["mine_us"], row["mine_timing"] = t * 1e6, mode
+                log(f"  M={m}: best {cfg.short()} {t * 1e6:.1f}us (default {row.get('default_config')} "
+                    f"{row.get('default_us', float('nan')):.1f}us)")
 
                 if hum is not None:
                     try:

@@ -1,26 +1,53 @@
-"""Launch configurations for the MoE dequant-GEMM, chosen by average tokens per expert.
+"""Launch configurations for the MoE dequant-GEMM, by shape and average tokens per expert.
 
-The table is the outcome of ``python benchmarks/bench_kernels.py --sweep`` on the GPU machine
-(see docs/benchmarks-kernels.md); anything it does not cover falls back to the rule below.
-A lookup table rather than ``triton.autotune`` so that the serving and validation paths never pay
-for benchmarking at first call and every launch is reproducible.
+The tables are the winners of ``python benchmarks/bench_kernels.py --sweep`` on the GPU machine
+(an H100; see docs/benchmarks-kernels.md for the run). A lookup table rather than
+``triton.autotune`` so that serving and validation never pay for benchmarking at first call and
+every launch is reproducible. Shapes without a tuned table use the generic rule, which is the
+shape-independent part of the same measurements.
 """
 
 from __future__ import annotations
 
 from dedicated.kernels.gemm import GemmConfig
 
-# (max average tokens per expert, config); first row whose bound is >= the average wins.
-MOE_TABLE: list[tuple[float, GemmConfig]] = [
-    (8.0, GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=1, num_warps=4, num_stages=4)),
-    (32.0, GemmConfig(block_m=32, block_n=64, block_k=128, swap_ab=True, mode=1, num_warps=4, num_stages=4)),
-    (96.0, GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=1, num_warps=4, num_stages=4)),
-    (float("inf"), GemmConfig(block_m=128, block_n=128, block_k=64, swap_ab=False, mode=1, num_warps=8, num_stages=3)),
+Table = list[tuple[float, GemmConfig]]  # (max average tokens per expert, config); first fit wins
+
+
+def _mma(bm, bn, bk, swap, warps, stages, scale_b=False) -> GemmConfig:
+    return GemmConfig(block_m=bm, block_n=bn, block_k=bk, swap_ab=swap, mode=0, num_warps=warps,
+                      num_stages=stages, scale_b=scale_b)
+
+
+# Sweep winners from the first H100 run (unpack mode 0 everywhere: the pair mode lost at every shape).
+GENERIC: Table = [
+    (8.0, _mma(16, 64, 128, True, 4, 3)),
+    (float("inf"), _mma(64, 128, 128, False, 4, 3)),
 ]
+
+# keyed by (bits, N, K): Qwen3.6-35B-A3B experts, gate/up fused (N=1024, K=2048) and down (2048, 512)
+TUNED: dict[tuple[int, int, int], Table] = {
+    (2, 1024, 2048): [(8.0, _mma(16, 64, 128, True, 4, 5)), (float("inf"), _mma(64, 128, 128, False, 4, 3))],
+    (4, 1024, 2048): [(8.0, _mma(16, 64, 128, True, 4, 3)), (float("inf"), _mma(64, 128, 128, False, 4, 3))],
+    (2, 2048, 512): [(0.1, _mma(16, 64, 128, True, 4, 3)), (8.0, _mma(16, 128, 128, True, 4, 3)),
+                     (float("inf"), _mma(64, 128, 128, False, 4, 3))],
+    (4, 2048, 512): [(0.5, _mma(16, 64, 128, True, 4, 3)), (8.0, _mma(16, 128, 128, True, 4, 3)),
+                     (float("inf"), _mma(64, 128, 128, False, 4, 3))],
+}
 
 
 def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int) -> GemmConfig:
-    for bound, cfg in MOE_TABLE:
+    table = TUNED.get((bits, n, k), GENERIC)
+    for bound, cfg in table:
         if avg_tokens_per_expert <= bound:
             return cfg
-    return MOE_TABLE[-1][1]
+    return table[-1][1]
+
+
+def all_configs() -> list[GemmConfig]:
+    """Every distinct config the tables can return (the GPU tests check each one)."""
+    seen: dict[GemmConfig, None] = {}
+    for table in (GENERIC, *TUNED.values()):
+        for _, cfg in table:
+            seen[cfg] = None
+    return list(seen)

@@ -9,6 +9,16 @@ fp32-dequantized weight; a K tile never straddles two scale groups.
 
 ``swap_ab`` computes ``C^T = W A^T`` so that the weight rows fill the tensor core's M side (64+)
 and the few tokens of a decode step sit on its narrow N side (16) instead of wasting a 64-row tile.
+``scale_b`` instead multiplies the unpacked codes by their scale and rounds them to bf16 (exactly
+the bf16-dequantized weight a torch reference would use), so the accumulator chains through the
+K loop without a per-tile wait on the tensor cores.
+
+``kernel="fma"`` is a second kernel for decode (one to a few tokens per expert): no tensor cores,
+no shared-memory round trip. Each field of a word becomes the fp32 ``1 + v / 2**bits`` with one
+shift and one mask-or (its bits placed at the top of the mantissa: exact), is multiplied by its
+scale and fused-multiply-added into a per-element accumulator; the bias ``2**bits + offset`` is
+removed once per output from the activations' sum. Two integer operations per weight, the floor
+for a CUDA-core dequantizing GEMV.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import triton
 import triton.language as tl
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.unpack import is_interpreted, mma, tile_k_order, unpack_biased
+from dedicated.kernels.unpack import is_interpreted, mma, mma_acc, tile_k_order, unpack_biased
 
 
 @dataclass(frozen=True)
@@ -31,18 +41,34 @@ class GemmConfig:
     block_n: int = 64
     block_k: int = 128
     swap_ab: bool = True
-    mode: int = 1  # unpack mode: 0 interleave, 1 Marlin-style pairs (see unpack.py)
+    mode: int = 0  # unpack mode: 0 interleave, 1 Marlin-style pairs (see unpack.py)
     num_warps: int = 4
     num_stages: int = 4
+    scale_b: bool = False  # fold the scale into bf16 weights and chain the accumulator (mma only)
+    kernel: str = "mma"  # "mma": tensor cores; "fma": CUDA-core GEMV for a few tokens per block
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v <= 0 or v & (v - 1):
+                raise ValueError(f"{name} must be a positive power of two, got {v}")
+        if self.kernel not in ("mma", "fma"):
+            raise ValueError(f"kernel must be 'mma' or 'fma', got {self.kernel!r}")
+        if self.kernel == "mma" and (self.block_m < 16 or self.block_n < 16 or self.block_k < 16):
+            raise ValueError("tensor-core tiles need block_m, block_n, block_k >= 16")
+        if self.mode not in (0, 1):
+            raise ValueError(f"unpack mode must be 0 or 1, got {self.mode}")
 
     def for_group(self, group_size: int) -> "GemmConfig":
         """Clamp the K tile so it never straddles a scale group."""
         return self if self.block_k <= group_size else replace(self, block_k=group_size)
 
     def short(self) -> str:
+        if self.kernel == "fma":
+            return f"fma-m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}p{self.num_stages}"
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
-            f"u{self.mode}w{self.num_warps}p{self.num_stages}"
+            f"u{self.mode}{'b' if self.scale_b else ''}w{self.num_warps}p{self.num_stages}"
         )
 
 
@@ -55,7 +81,7 @@ def dq_gemm_kernel(
     BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr,
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr,
+    SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr,
 ):
     PW: tl.constexpr = 32 // BITS
     pid = tl.program_id(0)
@@ -91,13 +117,21 @@ def dq_gemm_kernel(
         w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
         s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
         b = unpack_biased(w, BITS, MODE)
-        corr = tl.sum(a.to(tl.float32), axis=1) * (128.0 + OFFSET)
-        if SWAP_AB:
-            t = mma(b, tl.trans(a), UPCAST)
-            acc += (t - corr[None, :]) * s[:, None]
+        if SCALE_B:
+            # (128 + v) * s - (128 + offset) * s is exact in fp32; one rounding to bf16 after.
+            bs = tl.fma(b.to(tl.float32), s[:, None], -(128.0 + OFFSET) * s[:, None]).to(tl.bfloat16)
+            if SWAP_AB:
+                acc = mma_acc(bs, tl.trans(a), acc, UPCAST)
+            else:
+                acc = mma_acc(a, tl.trans(bs), acc, UPCAST)
         else:
-            t = mma(a, tl.trans(b), UPCAST)
-            acc += (t - corr[:, None]) * s[None, :]
+            corr = tl.sum(a.to(tl.float32), axis=1) * (128.0 + OFFSET)
+            if SWAP_AB:
+                t = mma(b, tl.trans(a), UPCAST)
+                acc += (t - corr[None, :]) * s[:, None]
+            else:
+                t = mma(a, tl.trans(b), UPCAST)
+                acc += (t - corr[:, None]) * s[None, :]
     if MUL_ROUTED:
         rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
         if SWAP_AB:
@@ -113,13 +147,92 @@ def dq_gemm_kernel(
         tl.store(c_ptrs, out, mask=row_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit(do_not_specialize=["M", "NUM_VALID", "NUM_PID_M"])
+def dq_fma_kernel(
+    a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr,
+    sorted_ids_ptr, expert_ids_ptr, npad_ptr,
+    M, N, K, NUM_VALID, NUM_PID_M,
+    stride_am, stride_ak, stride_we, stride_wn, stride_se, stride_sn, stride_cm, stride_cn,
+    BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr,
+    IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    PW: tl.constexpr = 32 // BITS
+    BKW: tl.constexpr = BLOCK_K // PW
+    FMASK: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
+    pid = tl.program_id(0)
+    pid_m = pid % NUM_PID_M
+    pid_n = pid // NUM_PID_M
+    if IS_MOE:
+        if pid_m * BLOCK_M >= tl.load(npad_ptr):
+            return
+        ids = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+        row_ok = ids < NUM_VALID
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        a_rows = ids // A_ROW_DIV
+        c_rows = ids
+    else:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        expert = 0
+        a_rows = rows
+        c_rows = rows
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    kw = tl.arange(0, BKW)
+    a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + (kw * PW)[None, :] * stride_ak
+    w_base = w_ptr + expert * stride_we + n[:, None] * stride_wn + kw[None, :]
+    s_base = s_ptr + expert * stride_se + n * stride_sn
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BKW), dtype=tl.float32)
+    corr = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
+        s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
+        asum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for j in tl.static_range(PW):
+            SH: tl.constexpr = 23 - BITS - BITS * j
+            if SH >= 0:
+                bits_j = ((w << SH) & FMASK) | 0x3F800000
+            else:
+                bits_j = ((w >> (-SH)) & FMASK) | 0x3F800000
+            f = bits_j.to(tl.float32, bitcast=True) * s[:, None]  # scale * (1 + v / 2**BITS)
+            a = tl.load(a_base + (k0 + j) * stride_ak, mask=row_ok[:, None], other=0.0).to(tl.float32)
+            acc += a[:, None, :] * f[None, :, :]
+            asum += tl.sum(a, axis=1)
+        corr += asum[:, None] * s[None, :]
+    # sum_k a * code * s = 2**BITS * sum a * f * s - (2**BITS + OFFSET) * s * sum a
+    out = tl.sum(acc, axis=2) * (1 << BITS) - corr * ((1 << BITS) + OFFSET)
+    if MUL_ROUTED:
+        rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
+        out = out * rw[:, None]
+    c_ptrs = c_ptr + c_rows.to(tl.int64)[:, None] * stride_cm + n[None, :] * stride_cn
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert_ids, npad,
+           m, n, k, num_valid, num_pid_m, w_strides, s_strides, bits, group, offset,
+           is_moe, row_div, mul_routed) -> None:
+    """One launch of the chosen kernel; shared by the dense and the MoE entry points."""
+    common = dict(
+        BITS=bits, GROUP=group, OFFSET=offset, IS_MOE=is_moe, A_ROW_DIV=row_div, MUL_ROUTED=mul_routed,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    args = (x, packed, scales, out, rw, sorted_ids, expert_ids, npad, m, n, k, num_valid, num_pid_m,
+            x.stride(0), x.stride(1), w_strides[0], w_strides[1], s_strides[0], s_strides[1],
+            out.stride(0), out.stride(1))
+    if cfg.kernel == "fma":
+        dq_fma_kernel[grid](*args, **common)
+    else:
+        dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
+                             UPCAST=is_interpreted(dq_gemm_kernel), **common)
+
+
 def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
-    """Small M: swapped GEMV-like tiles; large M: square tensor-core tiles."""
+    """Small M: swapped GEMV-like tiles; large M: tensor-core tiles (what the MoE sweep preferred)."""
     if m <= 32:
-        return GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, num_warps=4, num_stages=4)
-    if m <= 128:
-        return GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, num_warps=4, num_stages=4)
-    return GemmConfig(block_m=128, block_n=128, block_k=64, swap_ab=False, num_warps=8, num_stages=3)
+        return GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, num_warps=4, num_stages=3)
+    return GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, num_warps=4, num_stages=3)
 
 
 def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
@@ -157,15 +270,7 @@ def dequant_gemm(
         return out
     num_pid_m = triton.cdiv(m, cfg.block_m)
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
-    dq_gemm_kernel[grid](
-        x, packed, scales, out, x,
-        x, x, x,
-        m, n, k, m, num_pid_m,
-        x.stride(0), x.stride(1), 0, packed.stride(0), 0, scales.stride(0), out.stride(0), out.stride(1),
-        BITS=bits, GROUP=group_size, OFFSET=off,
-        IS_MOE=False, A_ROW_DIV=1, MUL_ROUTED=False,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=is_interpreted(dq_gemm_kernel),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    launch(cfg, grid, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
+           (0, packed.stride(0)), (0, scales.stride(0)), bits, group_size, off,
+           is_moe=False, row_div=1, mul_routed=False)
     return out

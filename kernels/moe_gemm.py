@@ -21,8 +21,7 @@ import torch
 import triton
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.gemm import GemmConfig, check_activations, dq_gemm_kernel
-from dedicated.kernels.unpack import is_interpreted
+from dedicated.kernels.gemm import GemmConfig, check_activations, launch
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERout
         raise ValueError(f"topk_ids must be [M, top_k], got {tuple(topk_ids.shape)}")
     if topk_ids.dtype.is_floating_point:
         raise TypeError("topk_ids must be an integer tensor")
-    if block_m <= 0 or block_m & (block_m - 1):
-        raise ValueError(f"block_m must be a positive power of two, got {block_m}")
+    if block_m <= 0:
+        raise ValueError(f"block_m must be positive, got {block_m}")
     m, top_k = topk_ids.shape
     device = topk_ids.device
     flat = topk_ids.reshape(-1).to(torch.int64)
@@ -149,18 +148,10 @@ def moe_gemm(
     num_pid_m = routing.max_blocks
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     rw = topk_weights if topk_weights is not None else x
-    dq_gemm_kernel[grid](
-        x, packed, scales, out, rw,
-        routing.sorted_ids, routing.expert_ids, routing.num_padded,
-        routing.num_tokens, n, k, pairs, num_pid_m,
-        x.stride(0), x.stride(1), packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1),
-        out.stride(0), out.stride(1),
-        BITS=bits, GROUP=group_size, OFFSET=off,
-        IS_MOE=True, A_ROW_DIV=row_div, MUL_ROUTED=topk_weights is not None,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=is_interpreted(dq_gemm_kernel),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    launch(cfg, grid, x, packed, scales, out, rw, routing.sorted_ids, routing.expert_ids, routing.num_padded,
+           routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), packed.stride(1)),
+           (scales.stride(0), scales.stride(1)), bits, group_size, off,
+           is_moe=True, row_div=row_div, mul_routed=topk_weights is not None)
     return out
 
 

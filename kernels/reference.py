@@ -26,15 +26,19 @@ def dequantize_ref(
     return (codes * scales.to(torch.float32).repeat_interleave(group_size, dim=-1)).to(out_dtype)
 
 
-def dequant_gemm_ref(x, packed, scales, bits, group_size=128, offset=None, out_dtype=None) -> torch.Tensor:
-    """fp32 product of the activations with the fp32-dequantized weight, rounded to ``out_dtype``
-    (default: the activations' dtype)."""
-    w = dequantize_ref(packed, scales, bits, group_size, offset, torch.float32)
+def dequant_gemm_ref(
+    x, packed, scales, bits, group_size=128, offset=None, out_dtype=None, weight_dtype=torch.float32
+) -> torch.Tensor:
+    """fp32 product of the activations with the dequantized weight, rounded to ``out_dtype``
+    (default: the activations' dtype). ``weight_dtype=torch.bfloat16`` rounds the weight to bf16
+    first: the semantics of the ``scale_b`` kernels and of a bf16 torch baseline."""
+    w = dequantize_ref(packed, scales, bits, group_size, offset, weight_dtype).float()
     return (x.float() @ w.T).to(out_dtype or x.dtype)
 
 
 def moe_gemm_ref(
-    x, packed, scales, topk_ids, bits, group_size=128, offset=None, topk_weights=None, out_dtype=None
+    x, packed, scales, topk_ids, bits, group_size=128, offset=None, topk_weights=None, out_dtype=None,
+    weight_dtype=torch.float32,
 ) -> torch.Tensor:
     """Output ``[M * top_k, N]``: row ``t * top_k + j`` is token t through expert ``topk_ids[t, j]``.
 
@@ -46,7 +50,7 @@ def moe_gemm_ref(
     out = torch.zeros(m * top_k, packed.shape[1], dtype=torch.float32, device=x.device)
     for e in torch.unique(experts).tolist():
         idx = (experts == e).nonzero().squeeze(1)
-        w = dequantize_ref(packed[e], scales[e], bits, group_size, offset, torch.float32)
+        w = dequantize_ref(packed[e], scales[e], bits, group_size, offset, weight_dtype).float()
         out[idx] = rows[idx] @ w.T
     if topk_weights is not None:
         out = out * topk_weights.reshape(-1, 1).float()

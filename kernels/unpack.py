@@ -41,6 +41,16 @@ def is_interpreted(kernel: object) -> bool:
 
 
 @triton.jit
+def mma_acc(a, b, acc, UPCAST: tl.constexpr):
+    """``acc + a @ b`` chained on the tensor cores (fp32 operands only when interpreting)."""
+    if UPCAST:
+        r = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        r = tl.dot(a, b, acc)
+    return r
+
+
+@triton.jit
 def mma(a, b, UPCAST: tl.constexpr):
     """``tl.dot`` in fp32 accumulation; fp32 operands only when interpreting on the CPU."""
     if UPCAST:

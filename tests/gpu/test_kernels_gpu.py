@@ -13,7 +13,7 @@ import torch
 
 from dedicated.kernels import gsq_relax as gsq
 from dedicated.kernels import reference as ref
-from dedicated.kernels.configs import MOE_TABLE
+from dedicated.kernels.configs import all_configs
 from dedicated.kernels.dequant import dequantize
 from dedicated.kernels.gemm import GemmConfig, dequant_gemm, dq_gemm_kernel
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
@@ -33,11 +33,19 @@ DEV = "cuda"
 
 
 def packed_experts(e, n, k, bits, seed):
+    """Uniformly random stored values: random int32 words are exactly that for exact-width packing."""
     g = torch.Generator(device=DEV).manual_seed(seed)
-    half = 1 << (bits - 1)
-    codes = torch.randint(-half, half, (e, n, k), generator=g, device=DEV)
+    words = torch.randint(-(2**31), 2**31 - 1, (e, n, k * bits // 32), generator=g, device=DEV, dtype=torch.int64)
     scales = (torch.rand(e, n, k // GROUP, generator=g, device=DEV) * 0.02 + 0.002).to(torch.bfloat16)
-    return pack(codes + half, bits), scales
+    return words.to(torch.int32), scales
+
+
+def test_packing_helper_matches_bitpack():
+    """The random words above are valid storage: unpack -> pack is the identity on them."""
+    from dedicated.quantize_job.bitpack import unpack
+
+    packed, _ = packed_experts(2, 8, 256, 2, seed=0)
+    assert torch.equal(pack(unpack(packed, 2, 256), 2), packed)
 
 
 def route(m, seed, experts_used=200):
@@ -72,17 +80,33 @@ def test_dense_gemm_default_configs(bits, m):
     assert rel_err(got, want) < 5e-3
 
 
+CODE_PATHS = [
+    GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, mode=0),
+    GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, mode=1),
+    GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0),
+    GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=1),
+    GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0, scale_b=True),
+    GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, scale_b=True),
+    GemmConfig(block_m=4, block_n=32, block_k=128, kernel="fma"),
+    GemmConfig(block_m=1, block_n=64, block_k=128, kernel="fma", num_warps=2),
+]
+
+
+def weight_dtype(cfg):
+    """scale_b kernels multiply by the bf16-rounded weight (exact for 2-bit codes)."""
+    return torch.bfloat16 if cfg.scale_b else torch.float32
+
+
 @pytest.mark.parametrize("bits", [2, 4])
-@pytest.mark.parametrize("swap_ab,mode", [(False, 0), (False, 1), (True, 0), (True, 1)])
-def test_dense_gemm_every_code_path(bits, swap_ab, mode):
+@pytest.mark.parametrize("cfg", CODE_PATHS, ids=lambda c: c.short())
+def test_dense_gemm_every_code_path(bits, cfg):
     m = 45
     packed, scales = packed_experts(1, 1000, HIDDEN, bits, seed=3)  # N=1000: ragged last block
     x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
-    cfg = GemmConfig(block_m=16 if swap_ab else 64, block_n=64 if swap_ab else 128, block_k=128,
-                     swap_ab=swap_ab, mode=mode)
     out = torch.full((m, 1000), float("nan"), device=DEV, dtype=torch.float32)
     got = dequant_gemm(x, packed[0], scales[0], bits, GROUP, config=cfg, out=out)
-    want = ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32)
+    want = ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32,
+                                weight_dtype=weight_dtype(cfg))
     assert rel_err(got, want) < 1e-4  # fp32 output: only accumulation order differs
 
 
@@ -115,17 +139,29 @@ def test_moe_gemm_real_shapes_default_config(experts, m):
     assert rel_err(got, want) < 5e-3
 
 
-@pytest.mark.parametrize("row", range(len(MOE_TABLE)))
-def test_every_tuned_moe_config_is_correct(experts, row):
-    bits, w13, s13, _, _ = experts
-    cfg = MOE_TABLE[row][1]
+MOE_CONFIGS = all_configs() + [c for c in CODE_PATHS if c.kernel == "fma" or c.scale_b] + [
+    GemmConfig(block_m=2, block_n=32, block_k=128, kernel="fma"),
+    GemmConfig(block_m=8, block_n=16, block_k=128, kernel="fma", num_warps=2),
+]
+
+
+@pytest.mark.parametrize("cfg", list(dict.fromkeys(MOE_CONFIGS)), ids=lambda c: c.short())
+def test_every_tuned_moe_config_is_correct(experts, cfg):
+    bits, w13, s13, w2, s2 = experts
     m = 77  # odd token count: ragged blocks for every block_m
-    ids, _ = route(m, seed=row)
+    ids, weights = route(m, seed=cfg.block_m)
     x = torch.randn(m, HIDDEN, device=DEV).to(torch.bfloat16)
     r = moe_align(ids, EXPERTS, cfg.block_m)
     out = torch.full((m * TOP_K, 2 * INTER), float("nan"), device=DEV, dtype=torch.float32)
     got = moe_gemm(x, w13, s13, r, bits, GROUP, config=cfg, out=out)
-    assert rel_err(got, ref.moe_gemm_ref(x, w13, s13, ids, bits, GROUP, out_dtype=torch.float32)) < 1e-4
+    want = ref.moe_gemm_ref(x, w13, s13, ids, bits, GROUP, out_dtype=torch.float32, weight_dtype=weight_dtype(cfg))
+    assert rel_err(got, want) < 1e-4
+    xd = torch.randn(m * TOP_K, INTER, device=DEV).to(torch.bfloat16)
+    out = torch.full((m * TOP_K, HIDDEN), float("nan"), device=DEV, dtype=torch.float32)
+    got = moe_gemm(xd, w2, s2, r, bits, GROUP, topk_weights=weights, config=cfg, out=out)
+    want = ref.moe_gemm_ref(xd, w2, s2, ids, bits, GROUP, topk_weights=weights, out_dtype=torch.float32,
+                            weight_dtype=weight_dtype(cfg))
+    assert rel_err(got, want) < 1e-4
 
 
 def test_fused_moe_real_shapes(experts):
