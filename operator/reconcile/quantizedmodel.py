@@ -157,9 +157,13 @@ class QMInput:
         return job_name(self.name, self.generation)
 
     def finished_in_status(self) -> bool:
+        """This generation's Job ran to an end (a failure *before* any Job, such as a missing
+        Secret, is not an end: the Job is still to be made once the cause is fixed)."""
         st = self.status or {}
+        created = any(c.get("type") == C.JOB_CREATED and c.get("status") == "True"
+                      for c in st.get("conditions") or [])
         return st.get("observedGeneration") == self.generation and st.get("phase") in (P.SUCCEEDED, P.FAILED) \
-            and st.get("jobName") == self.job_name
+            and st.get("jobName") == self.job_name and created
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,9 @@ def test_missing_secret_and_unknown_pool_block_the_job(pools) -> None:
     assert status["phase"] == "Failed" and cond(status, "Ready")["reason"] == "SecretNotFound"
     assert cond(status, "JobCreated")["status"] == "False"
     assert any(e.type == "Warning" and e.reason == "SecretNotFound" for e in events)
+    # once the Secret exists, the Job is made: a failure before any Job is not a finished generation
+    retry = desired_job(make_input(pools, status=status))
+    assert retry.create_job and retry.objects is not None
     d = desired_job(make_input(pools, spec(resources={"pool": "nope"})))
     assert d.blocked[0] == "PoolNotFound" and "nope" in d.blocked[1]
 
