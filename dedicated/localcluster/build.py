@@ -195,7 +195,8 @@ def _build_one(tool: Tool, tools: Path, cache: Path, log: Callable[[str], None])
     log_path = logs / f"{tool.name}-{tool.version}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     env = dict(os.environ)
     # Static binaries (as upstream releases them) and a go.sum that must already pin everything.
-    env.update({"CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"})
+    # -modcacherw: module files stay deletable, so a cache can be thrown away without chmod.
+    env.update({"CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false -modcacherw"})
     command = [go, "build", *build_flags(tool), "-o", str(tmp / tool.name), "."]
     log(f"building {tool.name} ({tool.module} {tool.version}); log: {log_path}")
     start = time.monotonic()

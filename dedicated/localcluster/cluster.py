@@ -336,7 +336,7 @@ class LocalCluster:
 
         api_server = f"https://127.0.0.1:{ports['kube-apiserver']}"
         self._link_bin_dir(binaries)
-        nodes = self._create_nodes(pools, deadline)
+        nodes = self._create_nodes(api_server, pools, deadline)
         state = {
             "api_server": api_server,
             "kubeconfig": str(self.kubeconfig),
@@ -432,7 +432,7 @@ class LocalCluster:
             deadline,
         )
 
-        self._bootstrap_rbac()
+        self._bootstrap_rbac(api_server)
         common = ["--bind-address=127.0.0.1", "--profiling=false", "--leader-elect=false", "--v=1"]
         kcm_config = self._component_kubeconfig(pki, api_server, "controller-manager")
         sched_config = self._component_kubeconfig(pki, api_server, "scheduler")
@@ -504,42 +504,52 @@ class LocalCluster:
         self._wait_healthy(sched, f"https://127.0.0.1:{ports['kube-scheduler']}/healthz", server_context, deadline)
         self._wait_healthy(kwok, f"https://127.0.0.1:{ports['kwok']}/healthz", server_context, deadline)
 
-    def _api_client(self) -> Any:
-        from kubernetes import client, config
+    def _api(self, api_server: str) -> httpx.Client:
+        """A plain HTTPS client with the admin certificate, for the few bootstrap requests.
 
-        return client, config.new_client_from_config(config_file=str(self.kubeconfig))
+        Why not the kubernetes library: importing it costs seconds on a busy machine, and the
+        bootstrap needs three resource paths over one kept-alive connection.
+        """
+        pki = Pki(self.state_dir / "pki")
+        return httpx.Client(base_url=api_server, verify=self._ssl_context(pki, "admin"), timeout=30)
 
-    def _bootstrap_rbac(self) -> None:
+    @staticmethod
+    def _create(api: httpx.Client, path: str, body: dict[str, Any]) -> None:
+        response = api.post(path, json=body)
+        if response.status_code not in (200, 201, 409):  # 409: exists already (a retried start)
+            raise ClusterError(f"creating {body['kind']} {body['metadata']['name']} failed: HTTP {response.status_code} {response.text[:500]}")
+
+    def _bootstrap_rbac(self, api_server: str) -> None:
         """kwok stands in for every kubelet; it gets cluster-admin through a binding on its group."""
-        client, api = self._api_client()
-        with api:
-            body = {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": KWOK_RBAC_NAME},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "dedicated:kwok"}],
-            }
-            client.RbacAuthorizationV1Api(api).create_cluster_role_binding(body)
+        with self._api(api_server) as api:
+            self._create(
+                api,
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": KWOK_RBAC_NAME},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "dedicated:kwok"}],
+                },
+            )
 
-    def _create_nodes(self, pools: PoolFile, deadline: float) -> list[str]:
+    def _create_nodes(self, api_server: str, pools: PoolFile, deadline: float) -> list[str]:
         """Create every simulated node and wait until kwok reports all of them Ready."""
-        client, api = self._api_client()
-        with api:
-            core = client.CoreV1Api(api)
-            manifests = node_manifests(pools)
+        manifests = node_manifests(pools)
+        names = [m["metadata"]["name"] for m in manifests]
+        with self._api(api_server) as api:
             for manifest in manifests:
-                core.create_node(manifest)
-            names = [m["metadata"]["name"] for m in manifests]
+                self._create(api, "/api/v1/nodes", manifest)
             pending = set(names)
             while time.monotonic() < deadline:
-                for node in core.list_node().items:
-                    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-                    if ready:
-                        pending.discard(node.metadata.name)
+                for node in api.get("/api/v1/nodes").json().get("items", []):
+                    conditions = node.get("status", {}).get("conditions") or []
+                    if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                        pending.discard(node["metadata"]["name"])
                 if not pending:
                     break
-                time.sleep(0.25)
+                time.sleep(0.1)
             if pending:
                 raise ClusterError(
                     f"{len(pending)} simulated nodes did not become Ready in time ({', '.join(sorted(pending)[:5])}…); "
@@ -548,9 +558,9 @@ class LocalCluster:
             # The controller manager creates each namespace's `default` ServiceAccount; pods
             # cannot be created before it exists, so wait for the one in `default`.
             while time.monotonic() < deadline:
-                if any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account("default").items):
+                if api.get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200:
                     break
-                time.sleep(0.25)
+                time.sleep(0.1)
             else:
                 raise ClusterError(
                     "the controller manager did not create the `default` ServiceAccount in time; last lines of "

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dedicated.cli import main as cli_main
+from dedicated.localcluster.__main__ import main as localcluster_main
 from dedicated.localcluster.cluster import COMPONENTS, LocalCluster
 from dedicated.localcluster.procs import ProcessRecord, proc_start_ticks, start_process
 
@@ -43,17 +43,17 @@ def test_status_env_and_down_without_a_cluster(tmp_path: Path, capsys) -> None:
     cluster = LocalCluster(state_dir=tmp_path, log=lambda _: None)
     status = cluster.status()
     assert status["running"] is False and set(status["components"]) == set(COMPONENTS)
-    assert cli_main(["cluster", "status", "--state-dir", str(tmp_path)]) == 3
-    assert cli_main(["cluster", "env", "--state-dir", str(tmp_path)]) == 1
+    assert localcluster_main(["status", "--state-dir", str(tmp_path)]) == 3
+    assert localcluster_main(["env", "--state-dir", str(tmp_path)]) == 1
     assert "no running cluster" in capsys.readouterr().err
-    assert cli_main(["cluster", "down", "--state-dir", str(tmp_path)]) == 0
+    assert localcluster_main(["down", "--state-dir", str(tmp_path)]) == 0
     assert "nothing was running" in capsys.readouterr().err
 
 
 def test_bad_pool_file_fails_before_anything_starts(tmp_path: Path, capsys) -> None:
     pools = tmp_path / "pools.yaml"
     pools.write_text("pools:\n  - name: x\n")
-    rc = cli_main(["cluster", "up", "--state-dir", str(tmp_path / "s"), "--pools", str(pools), "--no-build"])
+    rc = localcluster_main(["up", "--state-dir", str(tmp_path / "s"), "--pools", str(pools), "--no-build"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "invalid GPU pool file" in err and "pools[0] (x).gpuFamily: required field is missing" in err
@@ -64,3 +64,9 @@ def test_start_ticks_identify_this_process() -> None:
     import os
 
     assert proc_start_ticks(os.getpid()) is not None
+
+
+def test_cluster_command_is_registered_in_the_main_cli() -> None:
+    from dedicated.cli import COMMAND_MODULES
+
+    assert "dedicated.localcluster.cli" in COMMAND_MODULES

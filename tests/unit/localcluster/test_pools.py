@@ -104,3 +104,10 @@ def test_file_level_errors(tmp_path: Path) -> None:
 def test_too_many_simulated_nodes(raw: dict) -> None:
     raw["pools"][0]["nodes"] = 300
     assert "at most 254" in _error(raw)
+
+
+def test_system_nodes_and_reserved_name(raw: dict) -> None:
+    pools = parse_pools(raw)
+    assert pools.system_nodes.nodes == 2 and pools.system_nodes.node.arch == "amd64"
+    raw["pools"][0]["name"] = "system"
+    assert "reserved for the systemNodes" in _error(raw)
