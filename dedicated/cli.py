@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dedicated.localcluster.cli",  # cluster build|up|down|status|env
     "dedicated.operator.vram.cli",  # vram profile|plan (the VRAM planner by hand)
     "dedicated.quantize_job.humming.cli",  # repack SRC DST (compressed-tensors -> Humming)
+    "dedicated.quantize_job.cli",  # quantize run --config FILE (the quantize Job's program)
     "dedicated.operator.runtime",  # run (the operator)
     "dedicated.operator.modelfacts",  # model-facts DIR --claim C (ConfigMap for volume checkpoints)
 )
