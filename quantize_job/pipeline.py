@@ -159,13 +159,24 @@ def stage(progress: Progress, name: str, timings: dict[str, float], detail: str 
         timings[name] = timings.get(name, 0.0) + time.monotonic() - t0
 
 
+@dataclasses.dataclass(frozen=True)
+class AutoRoundOptions:
+    """Knobs of the auto-round run (``autoround.iters`` etc. in ``runtime.methodOptions``)."""
+
+    iters: int = 200
+    batch_size: int = 8
+    seed: int = 42
+    lr: float | None = None
+
+
 def _engine_configs(options: dict[str, Any]):
-    """``runtime.methodOptions`` (``"gsq.steps": 200``, ``"gptq.damp": 0.02``, ``"calibration.min_tokens": 64``)."""
+    """``runtime.methodOptions`` (``"gsq.steps": 200``, ``"gptq.damp": 0.02``, ``"autoround.iters": 100``)."""
     from dedicated.quantize_job.gptq import GPTQConfig
     from dedicated.quantize_job.gsq import GSQConfig
     from dedicated.quantize_job.layerwise import CalibrationConfig as EngineCalibration
 
-    classes = {"gptq": GPTQConfig, "gsq": GSQConfig, "calibration": EngineCalibration}
+    classes = {"gptq": GPTQConfig, "gsq": GSQConfig, "calibration": EngineCalibration,
+               "autoround": AutoRoundOptions}
     values: dict[str, dict[str, Any]] = {k: {} for k in classes}
     for key, value in sorted(options.items()):
         section, _, field = key.partition(".")
@@ -177,7 +188,7 @@ def _engine_configs(options: dict[str, Any]):
         values[section][field] = value
     try:
         return (GPTQConfig(**values["gptq"]), GSQConfig(**values["gsq"]),
-                EngineCalibration(**values["calibration"]))
+                EngineCalibration(**values["calibration"]), AutoRoundOptions(**values["autoround"]))
     except (TypeError, ValueError) as exc:
         raise InvalidConfig(f"runtime.methodOptions: {exc}") from None
 
@@ -266,6 +277,9 @@ def _run(run: Run) -> dict[str, Any]:
     device = _device(cfg.runtime.device)
     dtype = torch.bfloat16 if cfg.runtime.dtype == "bfloat16" else torch.float32
     engine_configs = _engine_configs(cfg.runtime.method_options)  # a typo fails now, not after hours
+    if cfg.method == "autoround" and (cfg.bits, cfg.group_size) != (AUTOROUND_BITS, AUTOROUND_GROUP):
+        raise InvalidConfig(f"autoround: this Job produces W{AUTOROUND_BITS}A16 group {AUTOROUND_GROUP} "
+                            f"(auto_round:auto_gptq) only, not {cfg.bits}-bit group {cfg.group_size}")
 
     # -- fetch ---------------------------------------------------------------------------------
     with stage(progress, "fetch", timings, cfg.model.describe()):
@@ -376,12 +390,12 @@ def _already_published(run: Run, fingerprint: str) -> dict[str, Any] | None:
 def _quantize(run: Run, state: JobState, fetched: FetchedModel, modules: list[str], text: TextData,
               device: torch.device, dtype: torch.dtype, engine_configs) -> dict[str, Any]:
     cfg, progress = run.config, run.progress
-    if cfg.method != "gsq":
-        raise StageFailed(f"method {cfg.method} is not wired into the pipeline yet")
+    if cfg.method == "autoround":
+        return _quantize_autoround(run, state, fetched, modules, text, device, dtype, engine_configs[3])
     from dedicated.quantize_job.calibration import InsufficientCalibrationError
     from dedicated.quantize_job.layerwise import NoExpertsError, StateMismatchError, quantize_model, target_names
 
-    gptq_cfg, gsq_cfg, cal_cfg = engine_configs
+    gptq_cfg, gsq_cfg, cal_cfg, _ = engine_configs
     model = load_base_model_cpu(fetched.path, dtype)
     targets = _engine_targets(modules)
     engine_names = set(target_names(model, targets))
@@ -433,6 +447,8 @@ def _export(run: Run, state: JobState, fetched: FetchedModel, layout: ModelLayou
     from dedicated.quantize_job.layerwise import iter_layer_weights
 
     cfg = run.config
+    if cfg.method == "autoround":
+        return _export_autoround(run, state, fetched, modules, staging)
     by_module: dict[str, int] = {}
     state_json = json.loads((state.layers / "state.json").read_text())
     for entry in state_json["layers"]:
@@ -453,6 +469,133 @@ def _export(run: Run, state: JobState, fetched: FetchedModel, layout: ModelLayou
     run.progress.note("repacking to Humming")
     report = repack_to_humming(ct_dir, staging, bits=cfg.bits, ignore=ignore)
     return {"intermediate": "compressed-tensors pack-quantized", "repack": report, "ignore": ignore}
+
+
+# --- AutoRound ----------------------------------------------------------------------------------
+
+#: What this Job's AutoRound path produces (the auto-round runner's scheme: W4A16, symmetric).
+AUTOROUND_BITS, AUTOROUND_GROUP = 4, 128
+
+
+def _autoround_keep_patterns(cfg: JobConfig, layout: ModelLayout, modules: list[str]) -> list[str]:
+    """Full-match regexes for the runner: the config's keep list plus every unselected Linear by name."""
+    import re
+
+    keep = [f".*?(?:{p}).*" for p in cfg.modules.keep_bf16]  # re.search semantics under fullmatch
+    keep += [re.escape(m) for m in sorted(set(layout.linear_modules) - set(modules))]
+    return keep
+
+
+@contextmanager
+def _autoround_block_progress(on_blocks: Callable[[int, int], None]):
+    """Layer progress from auto-round, which has no callback: its block loop advances a tqdm bar in
+    ``auto_round.compressors.orchestrator``, so that bar is swapped for one that also reports its count.
+    Read-only observation; if the library moves the bar, progress simply stays at the stage level."""
+    try:
+        import auto_round.compressors.orchestrator as orchestrator
+    except ImportError:
+        yield
+        return
+    original = getattr(orchestrator, "tqdm", None)
+    if not isinstance(original, type):
+        yield
+        return
+
+    class ReportingBar(original):  # type: ignore[misc, valid-type]
+        def update(self, n=1):
+            shown = super().update(n)
+            try:
+                on_blocks(int(self.n), int(self.total or 0))
+            except Exception as exc:  # progress must never break the quantization
+                log.debug("auto-round progress hook: %s", exc)
+            return shown
+
+    orchestrator.tqdm = ReportingBar
+    try:
+        yield
+    finally:
+        orchestrator.tqdm = original
+
+
+def _quantize_autoround(run: Run, state: JobState, fetched: FetchedModel, modules: list[str], text: TextData,
+                        device: torch.device, dtype: torch.dtype, options: AutoRoundOptions) -> dict[str, Any]:
+    """auto-round W4A16 through the issue-6 runner.
+
+    Not resumable per layer: auto-round 0.16.1's own block resume (``AR_RESUME_DIR``) was measured
+    here to publish different codes for the blocks after the resume point and to leave the resumed
+    blocks' BF16 weights beside their ``qweight`` s, so it is not used. A killed AutoRound run starts
+    the quantization over (a finished one is not redone: ``autoround.json`` marks it).
+    """
+    from dedicated.quantize_job.autoround_runner import run_autoround
+    from dedicated.quantize_job.calibration import find_decoder_layers
+
+    cfg, progress = run.config, run.progress
+    engine = "auto-round (dedicated.quantize_job.autoround_runner)"
+    layout = read_layout(fetched.path)
+    out = state.root / "autoround-out"
+    done = state.root / "autoround.json"
+    if done.is_file() and (Path(json.loads(done.read_text())["outputDir"]) / "config.json").is_file():
+        total = json.loads(done.read_text())["layers"]
+        progress.set_total_layers(total)
+        progress.resumed(total)
+        return {"total": total, "computed": 0, "resumedFromLayer": total, "engine": engine}
+    shutil.rmtree(out, ignore_errors=True)  # a killed run's shards must not be mixed into this one
+    model = load_base_model_cpu(fetched.path, dtype)
+    tokenizer = _tokenizer(fetched.path)
+    total = len(find_decoder_layers(model)[1])
+    progress.set_total_layers(total)
+    reported = {"n": 0}
+
+    def on_blocks(n: int, _total: int) -> None:
+        while reported["n"] < min(n, total):
+            progress.layer_done(reported["n"], total)
+            reported["n"] += 1
+
+    try:
+        with _autoround_block_progress(on_blocks):
+            result = run_autoround(model, tokenizer, text.calibration, out, iters=options.iters,
+                                   batch_size=options.batch_size, device=str(device), seed=options.seed,
+                                   lr=options.lr, keep_patterns=_autoround_keep_patterns(cfg, layout, modules),
+                                   low_gpu_mem_usage=device.type == "cuda")
+    finally:
+        del model
+    on_blocks(total, total)
+    write_json_atomic(done, {"outputDir": str(result.output_dir), "layers": total,
+                             "keptBF16": result.kept_bf16, "inProjBa": result.in_proj_ba,
+                             "settings": dict(result.settings), "seconds": result.seconds})
+    return {"total": total, "computed": total, "resumedFromLayer": None, "engine": engine}
+
+
+def _export_autoround(run: Run, state: JobState, fetched: FetchedModel, modules: list[str],
+                      staging: Path) -> dict[str, Any]:
+    """Move auto-round's checkpoint into the staging dir, after checking it quantized exactly the selection."""
+    import os
+
+    from dedicated.quantize_job.export import copy_aux_files
+    from dedicated.quantize_job.humming.safetensors_stream import read_header
+
+    info = json.loads((state.root / "autoround.json").read_text())
+    saved = Path(info["outputDir"])
+    names = {n for shard in saved.glob("*.safetensors") for n in read_header(shard).tensors}
+    quantized = sorted(n[: -len(".qweight")] for n in names if n.endswith(".qweight"))
+    doubled = [m for m in quantized if f"{m}.weight" in names]
+    if doubled:
+        raise StageFailed(f"auto-round wrote both a qweight and a BF16 weight for {len(doubled)} module(s), "
+                          f"e.g. {doubled[0]}: the checkpoint is inconsistent")
+    if quantized != sorted(modules):
+        missing, extra = sorted(set(modules) - set(quantized))[:3], sorted(set(quantized) - set(modules))[:3]
+        raise StageFailed(f"auto-round quantized a different module set than selected (not quantized: {missing}; "
+                          f"unexpectedly quantized: {extra})")
+    qc = json.loads((saved / "config.json").read_text()).get("quantization_config", {})
+    if qc.get("packing_format") != "auto_round:auto_gptq" or qc.get("bits") != AUTOROUND_BITS:
+        raise StageFailed(f"auto-round wrote packing {qc.get('packing_format')!r} at {qc.get('bits')} bits")
+    # Hard links: instant on the same volume, and the state keeps its copy until the publish succeeded.
+    shutil.copytree(saved, staging, copy_function=os.link)
+    for extra in ("tokenizer.json", "tokenizer_config.json"):
+        if not (staging / extra).exists() and (fetched.path / extra).exists():
+            copy_aux_files(fetched.path, staging)
+            break
+    return {"packingFormat": qc.get("packing_format"), "inProjBa": info["inProjBa"], "keptBF16": len(info["keptBF16"])}
 
 
 def _layer_module_names(path: Path) -> list[str]:

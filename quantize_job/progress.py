@@ -179,7 +179,8 @@ class Progress:
 
     def finish(self) -> None:
         """Final flush: the last state reaches every reporter, throttled or not."""
-        self._emit(force=True)
+        if not self._complete:
+            self._emit(force=True)
         for reporter in self.reporters:
             reporter.close()
 

@@ -129,3 +129,33 @@ def test_validation_over_the_ratio_publishes_nothing(tmp_path_factory, tmp_path:
     assert not (out / "manifest.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "out"]  # staging removed
     assert (out / ".quantize-state" / "layers" / "state.json").exists()  # the work is kept
+
+
+@pytest.mark.slow
+def test_autoround_job_publishes_auto_gptq_with_the_reference_keep_list(tiny_moe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ar"
+    cfg = _config(tiny_moe, out, method="autoround", bits=4,
+                  runtime={"methodOptions": {"autoround.iters": 2, "autoround.batch_size": 4}})
+    result = run_job(parse_config(cfg))
+    assert result["artifact"]["format"] == "auto_round" and result["quality"]["loadTestPassed"] is True
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["packing_format"], qc["bits"], qc["group_size"], qc["sym"]) == \
+        ("auto-round", "auto_round:auto_gptq", 4, 128, True)
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"] \
+        if (out / "model.safetensors.index.json").exists() else None
+    names = set(index) if index else set()
+    if not names:
+        with safe_open(str(next(out.glob("*.safetensors"))), "pt") as f:
+            names = set(f.keys())
+    quantized = {n[: -len(".qweight")] for n in names if n.endswith(".qweight")}
+    # Attention and routed experts are W4; shared experts, their gate, the router and lm_head stay BF16.
+    assert "model.layers.0.self_attn.q_proj" in quantized and "model.layers.1.mlp.experts.3.down_proj" in quantized
+    assert len(quantized) == 2 * (4 + 4 * 3)
+    for kept in ("model.layers.0.mlp.shared_expert.up_proj", "model.layers.0.mlp.shared_expert_gate",
+                 "model.layers.1.mlp.gate", "lm_head"):
+        assert f"{kept}.weight" in names and kept not in quantized, kept
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantizationConfig"] == qc
+    assert manifest["components"]["quantizedExperts"]["tensors"] > 0
+    assert manifest["components"]["quantizedOther"]["tensors"] > 0  # attention is W4 too
+    assert manifest["modules"]["quantized"] == 32
