@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -83,3 +84,22 @@ def test_cli_writes_an_applicable_configmap(checkpoints, tmp_path, capsys) -> No
     assert checkpoint_from_configmap(cm).config["model_type"]
     assert cli(["model-facts", str(tmp_path / "nothing"), "--claim", "models"]) == 2
     assert "ModelNotFound" in capsys.readouterr().err
+
+
+def test_example_model_facts_are_up_to_date(checkpoints) -> None:
+    """examples/model-facts/*.yaml are generated (examples/model-facts/generate.py): same content as
+    freshly computed from the model zoo's checkpoints, so a change of shapes cannot go stale."""
+    import dataclasses
+    from pathlib import Path
+
+    from dedicated.operator.modelfacts import to_yaml
+
+    root = Path(__file__).resolve().parents[3] / "examples" / "model-facts"
+    spec = importlib.util.spec_from_file_location("example_facts_generate", root / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    for stem, variant, what in gen.MODELS:
+        ck = dataclasses.replace(read_local(checkpoints[variant]),
+                                 source=f"{what} (example facts: examples/model-facts/generate.py)")
+        fresh = to_yaml(facts_configmap(ck, FactsLocation(gen.CLAIM, stem), name=f"{stem}-facts"))
+        assert (root / f"{stem}.yaml").read_text() == fresh, f"{stem}.yaml is stale: run examples/model-facts/generate.py"
