@@ -211,7 +211,7 @@ def serving_args(plan: Plan, model: ResolvedModel, model_path: str) -> list[str]
 
 
 def build_deployment(name: str, namespace: str, spec: DedicatedEndpointSpec, plan: Plan, model: ResolvedModel,
-                     images: ImageConfig, owner: Owner, team: str | None = None) -> dict[str, Any]:
+                     images: ImageConfig, owner: Owner, team_namespaces: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The serving Deployment (``spec.replicas`` pods of ``plan.gpus_per_replica`` GPUs each)."""
     images = images.with_serving(spec.image)
     tp = plan.tensor_parallel_size
@@ -263,7 +263,7 @@ def build_deployment(name: str, namespace: str, spec: DedicatedEndpointSpec, pla
         pod_spec["runtimeClassName"] = images.runtime_class_name
     labels = common_labels(name, pool.name)
     template = {"metadata": {"labels": labels}, "spec": pod_spec}
-    template = apply_isolation(template, team, spec.placement.isolation)  # team label, dedicated nodes (issue 8)
+    template = apply_isolation(template, team_namespaces, spec.placement.isolation)  # dedicated nodes (issue 8)
     digest = spec_hash(template)
     template["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: digest}
     return {
@@ -295,9 +295,9 @@ def build_service(name: str, namespace: str, owner: Owner) -> dict[str, Any]:
 
 
 def build_serving(name: str, namespace: str, spec: DedicatedEndpointSpec, plan: Plan, model: ResolvedModel,
-                  images: ImageConfig, owner: Owner, team: str | None = None) -> ServingObjects:
+                  images: ImageConfig, owner: Owner, team_namespaces: tuple[str, ...] | None = None) -> ServingObjects:
     """Deployment, Service, scale selector, spec hash and URL for one endpoint."""
-    deployment = build_deployment(name, namespace, spec, plan, model, images, owner, team)
+    deployment = build_deployment(name, namespace, spec, plan, model, images, owner, team_namespaces)
     return ServingObjects(
         deployment=deployment,
         service=build_service(name, namespace, owner),

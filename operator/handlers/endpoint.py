@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,7 +113,8 @@ def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) -> float
     inp = EndpointInput(name=name, namespace=namespace, uid=meta["uid"], generation=meta.get("generation") or 0,
                         spec=spec, status=body.get("status"), model=model, pools=ctx.pools.config,
                         images=ctx.options.images, pod_annotations=extra_annotations,
-                        api_version=body.get("apiVersion", f"{GROUP}/{VERSION}"))
+                        api_version=body.get("apiVersion", f"{GROUP}/{VERSION}"),
+                        team_namespaces=ctx.quota.team_namespaces(namespace) if ctx.quota is not None else None)
     desired = desired_objects(inp)
 
     deployment = ctx.kube.get(DEPLOYMENTS, namespace, name)
@@ -125,8 +127,10 @@ def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) -> float
                            "(left over from a deleted endpoint of the same name, or someone else's); "
                            "waiting for it to go away")
             return 10.0
+    if ctx.quota is not None:  # GPU quota: authoritative admission before any pod exists (issue 8)
+        inp = replace(inp, quota=ctx.quota.admit_endpoint(body, spec.replicas, desired.plan, deployment is not None))
     rolled = False
-    if desired.objects:
+    if desired.objects and (inp.quota is None or inp.quota.admitted):
         dep_desired, svc_desired = desired.objects
         service, _ = ctx.kube.apply_if_changed(svc_desired, service)
         deployment, rolled = ctx.kube.apply_if_changed(dep_desired, deployment)

@@ -32,6 +32,7 @@ from ..kube import (
     resource_of,
 )
 from ..modelfacts import FactsLocation
+from ..quota.status import with_quota_condition
 from ..reconcile.common import EventSpec, Want, apply_conditions, condition_dicts, stored_conditions
 from ..reconcile.quantizedmodel import INVALID_SPEC, QMInput, desired_job, qm_status
 from .context import QUANTIZED_MODEL, OperatorContext
@@ -120,7 +121,11 @@ def reconcile_quantizedmodel(ctx: OperatorContext, namespace: str, name: str) ->
                   pools=ctx.pools.config, images=ctx.options.images, job=job, missing_secrets=missing,
                   base_profile=base, termination_message=termination, pod_annotations=extra)
     desired = desired_job(inp)
-    if desired.objects is not None:
+    quota = None
+    if desired.objects is not None and desired.create_job and ctx.quota is not None:
+        # GPU quota: authoritative admission before the Job exists (issue 8)
+        quota = ctx.quota.admit_job(body, desired.placement.pool, desired.placement.gpus)
+    if desired.objects is not None and (quota is None or quota.admitted):
         for obj in desired.objects.supporting:
             live = ctx.kube.get(resource_of(obj), namespace, obj["metadata"]["name"])
             ctx.kube.apply_if_changed(obj, live)
@@ -129,6 +134,9 @@ def reconcile_quantizedmodel(ctx: OperatorContext, namespace: str, name: str) ->
             if created:
                 log.info("QuantizedModel %s/%s: created Job %s (%s)", namespace, name, jname, desired.placement.why)
     new_status, events = qm_status(inp, desired, job)
+    if quota is not None:
+        new_status, quota_events = with_quota_condition(new_status, quota, generation)
+        events = [*events, *quota_events]
     if ctx.kube.patch_status(QUANTIZED_MODELS, body, new_status):
         for ev in events:
             ctx.kube.post_event(body, type_=ev.type, reason=ev.reason, message=ev.message, instance=ctx.options.identity)

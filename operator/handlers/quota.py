@@ -65,6 +65,7 @@ from ..quota import (
     resolve_teams,
 )
 from ..quota.status import MirrorState, quota_status
+from .context import ENDPOINT, QUANTIZED_MODEL
 
 log = logging.getLogger("dedicated.operator.quota")
 
@@ -137,6 +138,10 @@ class QuotaGate:
         self._snap = _Snapshot()
         self._ledger_body: dict[str, Any] | None = None
         self._nodes: tuple[float, list[dict[str, Any]]] | None = None
+        #: Objects refused for lack of quota, (kind, namespace, name): reconciled again whenever
+        #: GPUs may have become free (a release, a sweep), through ``on_freed``.
+        self.waiting: set[tuple[str, str, str]] = set()
+        self.on_freed: Any = None  # callable(kind, namespace, name), set by register()
 
     # --- reading the world -----------------------------------------------------------------------
 
@@ -174,6 +179,16 @@ class QuotaGate:
         """The team of ``namespace`` (the isolation label value): its GPUQuota, else ``ns.<namespace>``."""
         snap = self.snapshot()
         return resolve_teams(snap.quotas, snap.namespaces).team_of(namespace)
+
+    def team_namespaces(self, namespace: str) -> tuple[str, ...]:
+        """The namespaces of ``namespace``'s team (dedicated-nodes isolation keeps every other
+        namespace's workload pods off the endpoint's nodes): its GPUQuota's, else itself."""
+        snap = self.snapshot()
+        teams = resolve_teams(snap.quotas, snap.namespaces)
+        quota = teams.quota_of(namespace)
+        if quota is None:
+            return (namespace,)
+        return tuple(sorted(set(teams.governed.get(quota, ())) | {namespace}))
 
     def _capacity(self):
         """Capacity per pool from the nodes, re-listed at most every ``node_cache_seconds`` (a node
@@ -250,7 +265,9 @@ class QuotaGate:
                     return Decision(True, ADMITTED, f"team {team}: {claim.gpus} GPUs on {claim.pool} (recorded)", team)
                 decision = decide(world, claim)
                 if not decision.admitted:
+                    self.waiting.add((claim.kind, claim.namespace, claim.name))
                     return decision
+                self.waiting.discard((claim.kind, claim.namespace, claim.name))
                 after = dict(claims)
                 if claim.gpus:
                     after[claim.uid] = claim
@@ -262,6 +279,14 @@ class QuotaGate:
                     return decision
                 log.debug("GPU ledger changed under us (409); deciding %s/%s again", claim.namespace, claim.name)
             raise KubeError(409, "Conflict", "the GPU ledger kept changing; will retry", "PATCH", self.settings.ledger)
+
+    def wake_waiting(self) -> int:
+        """Ask for another reconcile of every object refused for lack of quota."""
+        waiting, self.waiting = self.waiting, set()
+        if self.on_freed is not None:
+            for kind, namespace, name in sorted(waiting):
+                self.on_freed(kind, namespace, name)
+        return len(waiting)
 
     def release(self, uid: str) -> bool:
         """Drop the claim of a deleted object (or a finished Job). True if one was dropped."""
@@ -277,6 +302,8 @@ class QuotaGate:
                     snap = self.snapshot(fresh=True)
                     if snap.quotas:
                         self._refresh_statuses(self.world(after, snap), snap)
+                    if uid in claims:
+                        self.wake_waiting()
                     return uid in claims
             return False
 
@@ -383,7 +410,9 @@ class QuotaGate:
 
     def _running_claims(self) -> tuple[set[str], dict[str, Claim], set[str]]:
         """UIDs of existing endpoints and QuantizedModels, the GPUs their workloads hold now,
-        and the QuantizedModels whose Job is active."""
+        and the QuantizedModels that are done with GPUs (their Job finished, or they succeeded
+        or failed). A QuantizedModel admitted a moment ago whose Job is not created yet is in
+        neither set, so its claim is kept."""
         endpoints = {o["metadata"]["uid"]: o for o in self.kube.list(DEDICATED_ENDPOINTS)}
         models = {o["metadata"]["uid"]: o for o in self.kube.list(QUANTIZED_MODELS)}
         running: dict[str, Claim] = {}
@@ -399,22 +428,29 @@ class QuotaGate:
             running[owner["uid"]] = Claim(uid=owner["uid"], kind=ENDPOINT_KIND, namespace=dep["metadata"]["namespace"],
                                           name=owner["name"], pool=pool.name, family=pool.gpu_family,
                                           gpus=replicas * per, detail=f"{replicas} replicas x {per} GPUs (running)")
-        active: set[str] = set()
+        done = {uid for uid, qm in models.items()
+                if ((qm.get("status") or {}).get("phase") in ("Succeeded", "Failed"))}
         for job in self.kube.list(JOBS, None, label_selector=selector):
             owner = next((r for r in job["metadata"].get("ownerReferences") or []
                           if r.get("kind") == QUANTIZED_MODEL_KIND and r.get("uid") in models), None)
-            pool = self.pools.config.get((job["metadata"].get("annotations") or {}).get(f"{GROUP}/pool", ""))
-            if owner is None or pool is None or not _job_active(job):
+            if owner is None:
                 continue
-            active.add(owner["uid"])
+            if not _job_active(job):
+                done.add(owner["uid"])
+                continue
+            done.discard(owner["uid"])  # a new generation's Job runs
+            pool = self.pools.config.get((job["metadata"].get("annotations") or {}).get(f"{GROUP}/pool", ""))
+            if pool is None:
+                continue
             gpus = _gpus_of_pod_spec(((job.get("spec") or {}).get("template") or {}).get("spec") or {})
             running[owner["uid"]] = Claim(uid=owner["uid"], kind=QUANTIZED_MODEL_KIND,
                                           namespace=job["metadata"]["namespace"], name=owner["name"], pool=pool.name,
                                           family=pool.gpu_family, gpus=gpus, detail=f"{gpus} GPUs (running)")
-        return set(endpoints) | set(models), running, active
+        return set(endpoints) | set(models), running, done
 
     def sweep(self) -> None:
         """Garbage-collect and back-fill the ledger, then write every quota's status and mirrors."""
+        self._nodes = None  # capacity fresh from the nodes
         with self._lock:
             snap = self.snapshot(fresh=True)
             if not snap.quotas:
@@ -424,16 +460,17 @@ class QuotaGate:
                         if self._write_ledger(body, claims, {}, bad):
                             break
                 self._reconcile_mirrors(self.world({}, snap), snap)
+                self.wake_waiting()
                 return
             for _attempt in range(50):
-                existing, running, active = self._running_claims()
+                existing, running, done = self._running_claims()
                 body, claims, bad = self._read_ledger()
                 after: dict[str, Claim] = {}
                 for uid, c in claims.items():
                     if uid not in existing:
                         continue  # object deleted
-                    if c.kind == QUANTIZED_MODEL_KIND and uid not in active:
-                        continue  # Job finished (or not created): the GPUs are free
+                    if c.kind == QUANTIZED_MODEL_KIND and uid in done and uid not in running:
+                        continue  # its Job finished: the GPUs are free
                     after[uid] = c
                 for uid, c in running.items():
                     if uid not in after and c.gpus:
@@ -448,6 +485,7 @@ class QuotaGate:
             world = self.world(after, snap)
             mirrors = self._reconcile_mirrors(world, snap)
             self._refresh_statuses(world, snap, mirrors)
+        self.wake_waiting()  # limits may have grown, capacity come back, claims gone
 
 
 # --- kopf wiring --------------------------------------------------------------------------------
@@ -458,6 +496,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Any) -> QuotaGate:
     QuantizedModels -> release; a periodic sweep while this replica is the active one."""
     gate = QuotaGate(ctx.kube, ctx.pools)
     ctx.quota = gate
+    kinds = {ENDPOINT_KIND: ENDPOINT, QUANTIZED_MODEL_KIND: QUANTIZED_MODEL}
+    gate.on_freed = lambda kind, namespace, name: ctx.queue.enqueue_threadsafe(kinds[kind], namespace, name)
     wake = asyncio.Event()
     tasks: list[asyncio.Task] = []
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from ..api.gpuquota import GPUQuotaConditionType as C, GPUQuotaReason as R
-from ..reconcile.common import Want, apply_conditions, condition_dicts, stored_conditions
+from ..reconcile.common import EventSpec, Want, apply_conditions, condition_dicts, stored_conditions, transition_events
 from .accounting import World, overcommitted, pool_problems, quota_usage, summaries
 from .teams import QuotaView
 
@@ -83,3 +83,26 @@ def quota_status(world: World, quota: QuotaView, old_status: Mapping[str, Any] |
     if generation is None:
         status.pop("observedGeneration")
     return status
+
+
+#: The condition every quota-governed endpoint and QuantizedModel carries (issue 8).
+QUOTA_ADMITTED = "QuotaAdmitted"
+
+
+def with_quota_condition(status: Mapping[str, Any], decision: Any, generation: int | None,
+                         *, now: datetime | None = None) -> tuple[dict[str, Any], list[EventSpec]]:
+    """``status`` with the ``QuotaAdmitted`` condition set from ``decision`` (a
+    ``quota.Decision``), and the Event its transition deserves. A refusal also makes ``Ready``
+    false with the quota's reason and the phase ``Pending`` (nothing runs yet; it will once GPUs
+    are free). For reconcilers that build their status without knowing about quotas."""
+    out = dict(status)
+    old = stored_conditions(out)
+    wants = [Want(QUOTA_ADMITTED, decision.admitted, decision.reason, decision.message[:4096])]
+    if not decision.admitted:
+        wants.append(Want("Ready", False, decision.reason, decision.message[:4096]))
+        out["phase"] = "Pending"
+    conditions = apply_conditions(old, wants, generation, now)
+    out["conditions"] = condition_dicts(conditions)
+    events = transition_events(old, conditions, (QUOTA_ADMITTED,),
+                               frozenset({"QuotaExceeded", "ReservedForOtherTeams", "PoolNotInQuota"}))
+    return out, events

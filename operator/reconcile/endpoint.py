@@ -40,7 +40,10 @@ FAILURE_REASONS = frozenset({
     R.SECRET_NOT_FOUND, R.POOL_NOT_FOUND, R.NO_POOL_MATCHES, R.INSUFFICIENT_GPU_MEMORY,
     R.UNSUPPORTED_COMPUTE_CAPABILITY, R.INCOMPATIBLE_TENSOR_PARALLEL, R.CONTEXT_TOO_LONG,
     R.FEATURE_UNAVAILABLE, R.UNSUPPORTED_MODEL, "Unschedulable", "ContainerFailing", "ProgressDeadlineExceeded",
+    "QuotaExceeded", "ReservedForOtherTeams", "PoolNotInQuota",  # GPU quota refusals (issue 8)
 })
+#: Condition type of the GPU quota admission (issue 8): present once a GPUQuota is involved.
+QUOTA_ADMITTED = "QuotaAdmitted"
 #: Reason of Progressing/Ready when the Deployment reports ProgressDeadlineExceeded.
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 EVENT_CONDITIONS = (C.MODEL_READY.value, C.PLANNED.value, C.READY.value)
@@ -78,6 +81,10 @@ class EndpointInput:
     images: ImageConfig
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
     api_version: str = "llm.dedicated.dev/v1alpha1"
+    #: Issue 8: the namespaces of the endpoint's team (dedicated-nodes isolation) and the GPU quota
+    #: decision (handlers.quota.QuotaGate.admit_endpoint; None: no GPUQuota involved).
+    team_namespaces: tuple[str, ...] | None = None
+    quota: Any = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ def desired_objects(inp: EndpointInput) -> Desired:
     if isinstance(result, PlanFailure):
         return Desired(failure=result)
     owner = Owner(name=inp.name, uid=inp.uid, api_version=inp.api_version)
-    serving = build_serving(inp.name, inp.namespace, inp.spec, result, inp.model.resolved, inp.images, owner)
+    serving = build_serving(inp.name, inp.namespace, inp.spec, result, inp.model.resolved, inp.images, owner,
+                            team_namespaces=inp.team_namespaces)
     deployment = serving.deployment
     if inp.pod_annotations:
         template_meta = deployment["spec"]["template"]["metadata"]
@@ -191,6 +199,11 @@ def endpoint_status(inp: EndpointInput, desired: Desired, deployment: Mapping[st
     else:
         assert desired.plan is not None
         wants.append(Want(C.PLANNED, True, R.PLAN_FOUND, desired.plan.explanation[:4096]))
+    quota_blocked = False
+    if inp.quota is not None and desired.plan is not None:  # GPU quota admission (issue 8)
+        wants.append(Want(QUOTA_ADMITTED, inp.quota.admitted, inp.quota.reason, inp.quota.message[:4096]))
+        if not inp.quota.admitted and blocked is None:
+            blocked, quota_blocked = (inp.quota.reason, inp.quota.message), True
 
     want_replicas = inp.spec.replicas
     current = desired.serving is not None and d and d["hash"] == desired.serving.spec_hash
@@ -211,7 +224,8 @@ def endpoint_status(inp: EndpointInput, desired: Desired, deployment: Mapping[st
                       Want(C.AVAILABLE, False, reason, "nothing deployed"),
                       Want(C.READY, False, reason, message)]
         phase = EndpointPhase.DEGRADED if serving_now else \
-            EndpointPhase.WAITING_FOR_MODEL if inp.model.waiting else EndpointPhase.FAILED
+            EndpointPhase.WAITING_FOR_MODEL if inp.model.waiting else \
+            EndpointPhase.PENDING if quota_blocked else EndpointPhase.FAILED
     else:
         counts = f"{d.get('ready', 0)}/{want_replicas} ready, {d.get('updated', 0)} updated" if d else "creating"
         if want_replicas == 0 and complete:
