@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import glob
+import os
+
 import pytest
+
+# Without an NVIDIA GPU every Triton kernel can only run in Triton's interpreter, and Triton fixes
+# the mode of each @triton.jit function when its module is imported. Setting the variable here,
+# before any test module imports triton, keeps the whole session in one mode (a GPU test module
+# that imports the kernels at collection time would otherwise pin them to compiled mode).
+if not glob.glob("/dev/nvidia[0-9]*"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _has_cuda() -> bool:
