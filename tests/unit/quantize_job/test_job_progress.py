@@ -137,3 +137,33 @@ def test_job_identity() -> None:
     assert job_identity({}) is None
     assert job_identity({"JOB_NAME": "qm-quantize-1", "JOB_NAMESPACE": "ns"}) == ("qm-quantize-1", "ns")
     assert job_identity({"JOB_NAME": "j"}) == ("j", "default")
+
+
+def test_unreachable_api_server_never_stops_the_run(tmp_path, monkeypatch) -> None:
+    """A real Kubernetes client against a closed port: every patch fails, the run goes on."""
+    import socket
+
+    from dedicated.quantize_job.progress import AnnotationReporter, JobAnnotator
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    annotator = JobAnnotator("qm-quantize-1", "ns")
+    reporter = AnnotationReporter(annotator, interval=0.0)
+    p = Progress(reporters=[reporter])
+    start = time.monotonic()
+    p.start_stage("quantize")
+    for i in range(5):
+        p.layer_done(i, 5)
+    p.finish()
+    assert reporter.patches_sent == 0
+    assert annotator.patch_with_retry({"a": "b"}, attempts=2, delay=0.01) is False
+    assert time.monotonic() - start < 60
