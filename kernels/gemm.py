@@ -190,7 +190,7 @@ def dq_fma_kernel(
         s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
         asum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for j in tl.static_range(PW):
-            SH: tl.constexpr = 23 - BITS - BITS * j
+            SH = 23 - BITS - BITS * j  # a constexpr per unrolled step (not re-annotated: Triton forbids it)
             if SH >= 0:
                 bits_j = ((w << SH) & FMASK) | 0x3F800000
             else:
@@ -229,10 +229,12 @@ def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert
 
 
 def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
-    """Small M: swapped GEMV-like tiles; large M: tensor-core tiles (what the MoE sweep preferred)."""
+    """Small M: swapped GEMV-like tiles; large M: tensor-core tiles (the MoE sweep's winners)."""
     if m <= 32:
-        return GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, num_warps=4, num_stages=3)
-    return GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, num_warps=4, num_stages=3)
+        return GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, num_warps=4, num_stages=3, scale_b=True)
+    if m <= 2048:
+        return GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, num_warps=4, num_stages=4, scale_b=True)
+    return GemmConfig(block_m=128, block_n=128, block_k=64, swap_ab=False, num_warps=8, num_stages=3, scale_b=True)
 
 
 def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
