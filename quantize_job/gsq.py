@@ -21,7 +21,8 @@ Chosen here, where the paper is silent or this setting differs (each is a ``GSQC
   (one ``bmm`` per step) instead of mini-batches of tokens through the whole MoE block: the only
   stochasticity is the Gumbel noise, and a step costs the same for 100 or 100k calibration tokens.
 - Scales are parametrised multiplicatively, ``s = s_gptq * (1 + rho)``, so one Lion learning rate
-  suits every group whatever its magnitude.
+  suits every group whatever its magnitude; ``rho`` is clamped to ``[-0.5, 1]`` so scales stay
+  positive (the serving formats' codebooks assume it).
 - Keep-best safeguard: every ``eval_every`` steps the hard assignment is scored, and each expert
   keeps the best hard solution seen, starting from GPTQ's. GSQ is therefore never worse than its
   GPTQ initialisation on the layer objective (the relaxation's soft loss is not the hard loss).
@@ -39,7 +40,7 @@ import torch
 
 from dedicated.quantize_job.gptq import reconstruction_error
 from dedicated.quantize_job.qtensor import code_range
-from dedicated.quantize_job.rtn import check_finite, check_group, round_scales
+from dedicated.quantize_job.rtn import check_finite, check_group, dequantize, round_scales
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class GSQConfig:
     seed: int = 0
     expert_chunk: int | None = None  # None: as many experts per chunk as memory allows
     use_kernel: bool = False  # dedicated.kernels.gsq_relax on CUDA (tested equal to the torch path)
+    kernel_noise: str = "seeded"  # with use_kernel: Philox noise drawn in-kernel ("seeded") or torch's ("torch")
+    tf32: bool = True  # TF32 for the Hessian products on CUDA: the loss only steers the assignment
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -137,19 +140,29 @@ def _gumbel(shape, gen: torch.Generator, device) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
 
 
-def _relax_fn(cfg: GSQConfig, device: torch.device):
+def _soft_weight_fn(cfg: GSQConfig, device: torch.device, bits: int, group_size: int):
+    """``(logits, noise, tau, scales, gen) -> W_soft``: plain torch, or the fused Triton kernel."""
+    grid = grid_values(bits, device)
     if not cfg.use_kernel:
-        return relaxed_codes
+        def torch_soft(logits, scales, tau, gen):
+            noise = _gumbel(logits.shape, gen, device)
+            return relaxed_codes(logits, noise, tau, grid) * scales.repeat_interleave(group_size, dim=-1)
+        return torch_soft
     if device.type != "cuda":
         raise ValueError("use_kernel=True needs a CUDA device; the Triton relaxation kernel does not run on CPU")
+    if cfg.kernel_noise not in ("seeded", "torch"):
+        raise ValueError(f"kernel_noise must be 'seeded' or 'torch', got {cfg.kernel_noise!r}")
     try:
-        from dedicated.kernels import gsq_relax  # type: ignore[attr-defined]
+        from dedicated.kernels.gsq_relax import gsq_soft_weight
     except ImportError as exc:  # the kernel is another module's deliverable
-        raise ImportError("use_kernel=True but dedicated.kernels.gsq_relax is not available") from exc
-    fn = getattr(gsq_relax, "gsq_relax", None) or getattr(gsq_relax, "relaxed_codes", None)
-    if fn is None:
-        raise ImportError("dedicated.kernels.gsq_relax exposes no gsq_relax()/relaxed_codes() function")
-    return fn
+        raise ImportError("use_kernel=True but dedicated.kernels.gsq_relax is not importable") from exc
+
+    def kernel_soft(logits, scales, tau, gen):
+        if cfg.kernel_noise == "torch":
+            return gsq_soft_weight(logits, scales, tau, bits, group_size, noise=_gumbel(logits.shape, gen, device))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device))
+        return gsq_soft_weight(logits, scales, tau, bits, group_size, seed=seed)
+    return kernel_soft
 
 
 def _auto_chunk(cfg: GSQConfig, e: int, o: int, i: int, k: int, device: torch.device) -> int:
@@ -183,22 +196,35 @@ def gsq(
     if config.steps < 1:
         raise ValueError("GSQ needs at least one step")
     device = w.device
-    grid = grid_values(bits, device)
-    K = grid.numel()
-    relax = _relax_fn(config, device)
+    K = 1 << bits
+    soft_weight = _soft_weight_fn(config, device, bits, group_size)
     chunk = _auto_chunk(config, E, O, I, K, device)
     codes_out = torch.empty(E, O, I, dtype=torch.int8, device=device)
     scales_out = torch.empty(E, O, I // group_size, dtype=torch.float32, device=device)
     init_loss = torch.empty(E, dtype=torch.float32, device=device)
     final_loss = torch.empty(E, dtype=torch.float32, device=device)
     start = time.time()
-    for c0 in range(0, E, chunk):
-        c1 = min(E, c0 + chunk)
-        res = _gsq_chunk(
-            w[c0:c1].float(), h[c0:c1].float(), init_codes[c0:c1], init_scales[c0:c1].float(), bits, group_size,
-            config, grid, relax, seed=config.seed * 1_000_003 + c0,
-        )
-        codes_out[c0:c1], scales_out[c0:c1], init_loss[c0:c1], final_loss[c0:c1] = res
+    precision = torch.get_float32_matmul_precision()
+    if config.tf32 and device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    try:
+        for c0 in range(0, E, chunk):
+            c1 = min(E, c0 + chunk)
+            res = _gsq_chunk(
+                w[c0:c1].float(), h[c0:c1].float(), init_codes[c0:c1], init_scales[c0:c1].float(), bits, group_size,
+                config, soft_weight, seed=config.seed * 1_000_003 + c0,
+            )
+            codes_out[c0:c1], scales_out[c0:c1], init_loss[c0:c1], final_loss[c0:c1] = res
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    if config.tf32 and device.type == "cuda":  # report the exact objective, not the TF32 estimate
+        init_loss = reconstruction_error(w, dequantize(init_codes, round_scales(init_scales), group_size), h)
+        final_loss = reconstruction_error(w, dequantize(codes_out, scales_out, group_size), h)
+        worse = final_loss > init_loss  # a TF32 misjudgement: keep the initialisation there
+        if bool(worse.any()):
+            codes_out[worse] = init_codes[worse].to(torch.int8)
+            scales_out[worse] = round_scales(init_scales[worse].float())
+            final_loss = torch.where(worse, init_loss, final_loss)
     improved = (final_loss < init_loss).float().mean().item()
     stats = {
         "seconds": round(time.time() - start, 3),
@@ -211,7 +237,7 @@ def gsq(
     return GSQResult(codes_out, scales_out, init_loss, final_loss, stats)
 
 
-def _gsq_chunk(w, h, codes0, scales0, bits, group_size, cfg: GSQConfig, grid, relax, seed: int):
+def _gsq_chunk(w, h, codes0, scales0, bits, group_size, cfg: GSQConfig, soft_weight, seed: int):
     device = w.device
     gen = torch.Generator(device=device).manual_seed(seed)
     lo, hi = code_range(bits)
@@ -248,15 +274,15 @@ def _gsq_chunk(w, h, codes0, scales0, bits, group_size, cfg: GSQConfig, grid, re
         tau, alpha, lr_frac = _schedule(cfg, step)
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * lr_frac
-        g_noise = _gumbel(theta.shape, gen, device)
-        soft = relax(theta * alpha, g_noise, tau, grid)
         scales = scales0 * (1 + rho) if cfg.learn_scales else scales0
-        d = dequant(soft, scales) - w
+        d = soft_weight(theta * alpha, scales, tau, gen) - w
         loss = (torch.bmm(d, h) * d).sum() / norm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        del g_noise, soft, d, loss
+        with torch.no_grad():
+            rho.clamp_(-0.5, 1.0)  # scales stay positive and within a factor of two of GPTQ's
+        del d, loss
         if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
             consider_hard()
     assert int(best_codes.min()) >= lo and int(best_codes.max()) <= hi

@@ -95,8 +95,17 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = _sample_windows(stream, cfg.batch_size, cfg.seq_len, gen).to(device)
-        with amp:
-            out = model(input_ids=batch, labels=batch, use_cache=False)
+        try:
+            with amp:
+                out = model(input_ids=batch, labels=batch, use_cache=False)
+        except (RuntimeError, NotImplementedError) as exc:
+            if step or model.config._experts_implementation == "eager":
+                raise
+            # grouped_mm is fast but not available for every dtype/device mix: fall back, once, loudly.
+            log(f"[train] experts implementation {model.config._experts_implementation!r} failed ({exc}); using 'eager'")
+            model.config._experts_implementation = "eager"
+            with amp:
+                out = model(input_ids=batch, labels=batch, use_cache=False)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -107,8 +116,10 @@ def train(
             losses.append((step, loss))
             log(f"[train] step {step}/{cfg.steps} loss {loss:.4f} lr {lr_at(step, cfg):.2e} {time.time() - start:.0f}s")
     seconds = time.time() - start
+    model_impl = model.config._experts_implementation
     model.eval()
     model.config.output_router_logits = False
+    model.config._experts_implementation = "eager"  # exact and dtype-agnostic for evaluation
     heldout = perplexity(model, corpus.token_ids("heldout"), seq_len=cfg.seq_len, max_windows=cfg.eval_windows)
     stats = {
         "config": asdict(cfg),
@@ -120,6 +131,7 @@ def train(
         "corpus": corpus.summary(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
+        "experts_implementation_used": model_impl,
     }
     log(f"[train] done: {steps_done} steps in {seconds:.0f}s, held-out ppl {heldout:.3f}")
     return model, stats

@@ -23,7 +23,7 @@ def test_gptq_beats_rtn_on_the_layer_objective(bits):
 
 def test_act_order_keeps_group_layout_and_helps():
     w, h = correlated_problem(seed=3)
-    plain = gptq(w, h, 2, 128)
+    plain = gptq(w, h, 2, 128, GPTQConfig(act_order=False))
     ordered = gptq(w, h, 2, 128, GPTQConfig(act_order=True))
     assert ordered.scales.shape == plain.scales.shape == (3, 32, 2)
     assert _err(w, h, ordered.codes, ordered.scales) < 1.05 * _err(w, h, plain.codes, plain.scales)
@@ -33,16 +33,19 @@ def test_identity_hessian_reduces_to_rtn():
     # With uncorrelated inputs there is no error to spread: GPTQ is exactly round-to-nearest.
     w = torch.randn(2, 16, 256)
     h = torch.eye(256).expand(2, 256, 256).clone()
-    r = gptq(w, h, 3, 128)
     codes, scales = rtn(w, 3, 128)
-    assert torch.equal(r.codes, codes) and torch.equal(r.scales, scales)
+    for act_order in (False, True):
+        r = gptq(w, h, 3, 128, GPTQConfig(act_order=act_order))
+        assert torch.equal(r.codes, codes) and torch.equal(r.scales, scales)
 
 
-def test_batched_equals_one_expert_at_a_time():
+@pytest.mark.parametrize("act_order", [False, True])
+def test_batched_equals_one_expert_at_a_time(act_order):
     w, h = correlated_problem(experts=3)
-    both = gptq(w, h, 2, 128)
+    cfg = GPTQConfig(act_order=act_order)
+    both = gptq(w, h, 2, 128, cfg)
     for e in range(3):
-        one = gptq(w[e], h[e], 2, 128)
+        one = gptq(w[e], h[e], 2, 128, cfg)
         assert torch.equal(both.codes[e], one.codes) and torch.allclose(both.scales[e], one.scales)
 
 
