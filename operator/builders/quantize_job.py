@@ -28,6 +28,7 @@ from ..api.crd import API_VERSION, GROUP, QUANTIZED_MODEL
 from ..api.quantizedmodel import QuantizedModelSpec
 from ..images import ImageConfig
 from ..pools import NodePool
+from .isolation import namespace_labels
 from .naming import MANAGED_BY, label_value
 
 QM_LABEL = f"{GROUP}/quantizedmodel"
@@ -209,7 +210,8 @@ def build_quantize_job(
     }
     if images.runtime_class_name:
         pod_spec["runtimeClassName"] = images.runtime_class_name
-    template_meta: dict[str, Any] = {"labels": labels(qm_name, generation)}
+    # the namespace label marks the pod for other teams' dedicated-nodes isolation (issue 8)
+    template_meta: dict[str, Any] = {"labels": {**labels(qm_name, generation), **namespace_labels(namespace)}}
     if pod_annotations:
         template_meta["annotations"] = dict(sorted(pod_annotations.items()))
     job = {

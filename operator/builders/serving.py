@@ -263,7 +263,7 @@ def build_deployment(name: str, namespace: str, spec: DedicatedEndpointSpec, pla
         pod_spec["runtimeClassName"] = images.runtime_class_name
     labels = common_labels(name, pool.name)
     template = {"metadata": {"labels": labels}, "spec": pod_spec}
-    template = apply_isolation(template, team_namespaces, spec.placement.isolation)  # dedicated nodes (issue 8)
+    template = apply_isolation(template, namespace, team_namespaces, spec.placement.isolation)  # issue 8
     digest = spec_hash(template)
     template["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: digest}
     return {
