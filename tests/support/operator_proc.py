@@ -23,6 +23,9 @@ import httpx
 #: Log lines that mean the operator itself broke (not a reconcile that failed and will be retried).
 CRASH_PATTERNS = (re.compile(r"Traceback \(most recent call last\)"), re.compile(r" CRITICAL "),
                   re.compile(r" ERROR (?!kopf\.objects)"))
+#: kopf logs a failed API request that it retries at ERROR ("Request attempt #1/9 failed; will
+#: retry"): a transient API answer (e.g. 429 while a watch cache re-initialises), not a crash.
+RETRIED = re.compile(r" ERROR kopf\._cogs\.clients\.\w+: Request attempt #\d+/\d+ failed; will retry")
 
 
 def _free_port() -> int:
@@ -143,7 +146,12 @@ class OperatorProcess:
 
     def crash_lines(self) -> list[str]:
         """Lines that show the operator itself failing (tracebacks, ERROR/CRITICAL)."""
-        return [line for line in self.log_text().splitlines() if any(p.search(line) for p in CRASH_PATTERNS)]
+        return [line for line in self.log_text().splitlines()
+                if any(p.search(line) for p in CRASH_PATTERNS) and not RETRIED.search(line)]
+
+    def retried_requests(self) -> list[str]:
+        """kopf's retried API requests (transient errors it recovered from)."""
+        return [line for line in self.log_text().splitlines() if RETRIED.search(line)]
 
     def __enter__(self) -> OperatorProcess:
         return self.start()

@@ -110,6 +110,9 @@ def endpoint(name: str, *, replicas: int = 1, claim: str = CLAIM, path: str = SM
     meta: dict[str, Any] = {"name": name}
     if pod_annotations:
         meta["annotations"] = {POD_ANNOTATIONS: json.dumps(dict(pod_annotations))}
+    # Pinned to the A100 pool (24 simulated GPUs): the planner's cheapest choice for this small
+    # model is the GB10 pool, whose 4 GPUs a test with several endpoints would exhaust.
+    spec.setdefault("placement", {"pool": "ampere-a100"})
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DedicatedEndpoint", "metadata": meta,
             "spec": {"model": model, "replicas": replicas, **spec}}
 
@@ -121,7 +124,7 @@ def quantized_model(name: str, *, out_path: str | None = None, pod_annotations: 
         meta["annotations"] = {POD_ANNOTATIONS: json.dumps(dict(pod_annotations))}
     body = {"base": {"volume": {"claimName": "base", "path": "qwen3-moe"}}, "method": "autoround", "bits": 4,
             "output": {"volume": {"claimName": CLAIM, "path": out_path or f"out/{name}"}},
-            "resources": {"pool": "hopper-h100", "gpus": 1}, "backoffLimit": backoff_limit}
+            "resources": {"pool": "hopper-h200", "gpus": 1}, "backoffLimit": backoff_limit}
     body.update(spec)
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QuantizedModel", "metadata": meta, "spec": body}
 
