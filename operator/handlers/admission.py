@@ -152,8 +152,9 @@ def _check_claims(world: World | None, claims: list[Claim]) -> None:
         if d.admitted:
             return
         refusals.append(d.message)
-    more = f" (and none of the other {len(refusals) - 1} allowed pools has room)" if len(refusals) > 1 else ""
-    raise _deny(refusals[0] + more)
+    distinct = list(dict.fromkeys(refusals))
+    more = f" (and {len(distinct) - 1} more refusal(s) on the other allowed pools)" if len(distinct) > 1 else ""
+    raise _deny(distinct[0] + more)
 
 
 def _pool_known(ctx: Any, pool: str | None, field: str) -> None:

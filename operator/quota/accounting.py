@@ -203,8 +203,10 @@ def decide(world: World, claim: Claim) -> Decision:
             s = limit_scope(limit)
             used = world.used(s, team=team, exclude=claim.uid)
             if used + claim.gpus > limit.max:
+                holds = before.gpus if before is not None and world.in_scope(before, s) else 0
                 return Decision(False, QUOTA_EXCEEDED,
-                                f"team {team} uses {used} of {limit.max} {scope_label(s)} GPUs; {_needs(claim)}", team)
+                                f"team {team} uses {used + holds} of {limit.max} {scope_label(s)} GPUs; {_needs(claim)}"
+                                + (f" instead of the {holds} it holds" if holds else ""), team)
 
     # 2. unused guarantees (other teams' and the team's own elsewhere in the scope) stay free
     for s in scopes:

@@ -68,7 +68,8 @@ def test_an_update_replaces_the_earlier_claim_and_shrinking_is_always_admitted()
     assert decide(w, replace(first, gpus=4)).admitted
     grown = decide(w, replace(first, gpus=12, detail="3 replicas x 4 GPUs"))
     assert not grown.admitted
-    assert grown.message == "team team uses 0 of 8 hopper-h100 GPUs; this endpoint needs 12 (3 replicas x 4 GPUs)"
+    assert grown.message == ("team team uses 8 of 8 hopper-h100 GPUs; this endpoint needs 12 (3 replicas x 4 GPUs) "
+                             "instead of the 8 it holds")
 
 
 def test_pool_and_family_limits_both_apply() -> None:
