@@ -25,17 +25,15 @@ from .faultproxy import FaultProxy
 from .operator_proc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
-#: CRDs the operator needs; GPUQuota's is installed when the API server accepts it (issue 8).
-CRD_FILES = ("dedicatedendpoints.llm.dedicated.dev.yaml", "quantizedmodels.llm.dedicated.dev.yaml")
-OPTIONAL_CRD_FILES = ("gpuquotas.llm.dedicated.dev.yaml",)
+#: CRDs the operator watches.
+CRD_FILES = ("dedicatedendpoints.llm.dedicated.dev.yaml", "quantizedmodels.llm.dedicated.dev.yaml",
+             "gpuquotas.llm.dedicated.dev.yaml")
 
 
 @pytest.fixture(scope="session")
 def crds(kubectl) -> None:
     for name in CRD_FILES:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / name))
-    for name in OPTIONAL_CRD_FILES:
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / name), check=False)
     for name in CRD_FILES:
         kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name.removesuffix('.yaml')}")
 
