@@ -20,6 +20,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -225,6 +226,9 @@ class Kube:
         self.field_manager = field_manager
         self.timeout = timeout
         self.stats = RequestStats()
+        #: Where Events are posted from: ``None`` posts inline; the runtime sets a one-thread
+        #: executor, so Events keep their order but never hold up a reconcile worker.
+        self.event_executor: Executor | None = None
 
     # low level
 
@@ -360,6 +364,16 @@ class Kube:
                    component: str = FIELD_MANAGER, instance: str = "") -> None:
         """A core/v1 Event about ``obj`` (what ``kubectl describe`` shows). Never raises: an Event
         is a courtesy, and losing one must not fail a reconcile."""
+        if self.event_executor is not None:
+            try:
+                self.event_executor.submit(self._post_event, dict(obj), type_, reason, message, component, instance)
+                return
+            except RuntimeError:  # executor shut down (operator stopping): post inline
+                pass
+        self._post_event(obj, type_, reason, message, component, instance)
+
+    def _post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str, component: str,
+                    instance: str) -> None:
         meta = obj["metadata"]
         stamp = datetime.now(UTC)
         now = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")

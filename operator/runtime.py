@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,11 @@ def _peers_reader(kube: Kube, cfg: RuntimeConfig):
 
 
 def build_context(cfg: RuntimeConfig, api: k8s_client.ApiClient | None = None) -> OperatorContext:
+    pools = Pools(cfg.options.pools_file)  # a bad pool file is reported before any connection
     api = api or make_api_client(cfg.kubeconfig, cfg.context)
     kube = Kube(api)
-    ctx = OperatorContext(kube=kube, options=cfg.options, pools=Pools(cfg.options.pools_file))
+    kube.event_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+    ctx = OperatorContext(kube=kube, options=cfg.options, pools=pools)
     priority = cfg.priority if cfg.priority is not None else secrets.randbelow(2**31 - 1)
     cfg.extra["priority"] = priority
     ctx.gate = PeeringGate(_peers_reader(kube, cfg), cfg.options.identity, priority)
@@ -203,6 +206,8 @@ async def serve(cfg: RuntimeConfig, *, ctx: OperatorContext | None = None, stop_
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if ctx.kube.event_executor is not None:
+            ctx.kube.event_executor.shutdown(wait=False)  # queued Events still go out
 
 
 class OperatorThread:
@@ -287,6 +292,10 @@ def _command(args: argparse.Namespace) -> int:
         ctx = build_context(cfg)
     except (PoolConfigError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except k8s_config.ConfigException as err:
+        print(f"error: no usable Kubernetes credentials ({err}); pass --kubeconfig or run in a cluster",
+              file=sys.stderr)
         return 2
     log.info("operator %s starting: %s, pools %s (%s), peering %s", cfg.options.identity,
              "all namespaces" if cfg.all_namespaces else ", ".join(cfg.namespaces), args.pools,

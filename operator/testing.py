@@ -33,14 +33,14 @@ def apply_crds(kubectl: Callable[..., subprocess.CompletedProcess], timeout: int
 
 def start_operator(kubeconfig: Path, *, pools: Path = LOCAL_POOLS, volume_root: Path | None = None,
                    workers: int = 4, identity: str | None = None, standalone: bool = True,
-                   namespaces: Iterable[str] = (), **options: Any) -> OperatorThread:
+                   namespaces: Iterable[str] = (), priority: int | None = None, **options: Any) -> OperatorThread:
     """The operator in a thread of this process, standalone unless told otherwise."""
     opts = Options(pools_file=pools, volume_root=volume_root, workers=workers, **options)
     if identity:
         opts.identity = identity
     ns = list(namespaces)
     cfg = RuntimeConfig(options=opts, kubeconfig=Path(kubeconfig), standalone=standalone, namespaces=ns,
-                        all_namespaces=not ns, liveness_endpoint=None)
+                        all_namespaces=not ns, liveness_endpoint=None, priority=priority)
     return OperatorThread(cfg).start()
 
 

@@ -32,8 +32,12 @@ def build_registry(ctx: OperatorContext, login: Any = None) -> kopf.OperatorRegi
     @kopf.on.probe(id="queue", registry=registry)
     def queue_probe(**_: Any) -> dict[str, Any]:
         stats = ctx.queue.stats
+        requests: dict[str, int] = {}
+        for (verb, _what), n in ctx.kube.stats.snapshot().items():
+            requests[verb] = requests.get(verb, 0) + n
         return {"depth": ctx.queue.depth(), "reconciles": dict(stats.reconciles), "failures": dict(stats.failures),
-                "active": bool(ctx.gate()), "poolsError": ctx.pools.error}
+                "active": bool(ctx.gate()), "poolsError": ctx.pools.error, "requests": requests,
+                "busySeconds": round(stats.busy_seconds, 3)}
 
     return registry
 

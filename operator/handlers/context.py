@@ -90,6 +90,7 @@ class TTLCache:
 
     def __init__(self, max_entries: int = 512) -> None:
         self._data: dict[Any, tuple[float, Any]] = {}
+        self._inflight: dict[Any, threading.Lock] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
@@ -113,6 +114,24 @@ class TTLCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+    def get_or_compute(self, key: Any, compute: Callable[[], Any], ttl: float) -> Any:
+        """The cached value, or ``compute()`` stored for ``ttl`` seconds. Single flight: when many
+        reconciles miss the same key at once (a hundred endpoints of one model created together),
+        one computes and the others wait for its answer instead of all decoding the same facts."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            key_lock = self._inflight.setdefault(key, threading.Lock())
+        with key_lock:
+            hit = self.get(key)
+            if hit is None:
+                hit = compute()
+                self.put(key, hit, ttl)
+        with self._lock:
+            self._inflight.pop(key, None)
+        return hit
 
 
 class PeeringGate:

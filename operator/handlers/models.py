@@ -71,13 +71,16 @@ def read_secret_key(ctx: OperatorContext, namespace: str, ref: SecretKeyRef, wha
 def hub_profile(ctx: OperatorContext, repo: str, revision: str | None, token: str | None) -> ModelProfile:
     token_id = hashlib.sha256(token.encode()).hexdigest()[:12] if token else ""
     key = ("hub", repo, revision, token_id)
+    def compute() -> ModelProfile | CheckpointError:
+        try:
+            return profile_checkpoint(read_hub(repo, revision, token=token, client=ctx.hub_client))
+        except CheckpointError as err:
+            return err
+
     cached = ctx.hub.get(key)
     if cached is None:
-        try:
-            cached = profile_checkpoint(read_hub(repo, revision, token=token, client=ctx.hub_client))
-            ctx.hub.put(key, cached, ctx.options.hub_success_ttl)
-        except CheckpointError as err:
-            cached = err
+        cached = ctx.hub.get_or_compute(key, compute, ctx.options.hub_success_ttl)
+        if isinstance(cached, CheckpointError):  # failures are retried sooner than successes expire
             ctx.hub.put(key, cached, ctx.options.hub_failure_ttl)
     if isinstance(cached, CheckpointError):
         raise Unavailable(cached.reason, cached.message, retry_after=ctx.options.hub_failure_ttl)
@@ -94,13 +97,14 @@ def volume_profile(ctx: OperatorContext, namespace: str, location: FactsLocation
     if found:
         cm = found[0]
         key = ("cm", cm["metadata"]["uid"], cm["metadata"]["resourceVersion"])
-        cached = ctx.profiles.get(key)
-        if cached is None:
+
+        def from_configmap() -> ModelProfile | CheckpointError:
             try:
-                cached = profile_checkpoint(checkpoint_from_configmap(cm))
+                return profile_checkpoint(checkpoint_from_configmap(cm))
             except CheckpointError as err:
-                cached = err
-            ctx.profiles.put(key, cached, 24 * 3600)
+                return err
+
+        cached = ctx.profiles.get_or_compute(key, from_configmap, 24 * 3600)
         if isinstance(cached, CheckpointError):
             raise Unavailable(cached.reason, cached.message)
         return cached
@@ -111,13 +115,14 @@ def volume_profile(ctx: OperatorContext, namespace: str, location: FactsLocation
             stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
                           for p in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")))
             key = ("dir", str(directory), stamp)
-            cached = ctx.profiles.get(key)
-            if cached is None:
+
+            def from_directory() -> ModelProfile | CheckpointError:
                 try:
-                    cached = profile_checkpoint(read_local(directory))
+                    return profile_checkpoint(read_local(directory))
                 except CheckpointError as err:
-                    cached = err
-                ctx.profiles.put(key, cached, 3600)
+                    return err
+
+            cached = ctx.profiles.get_or_compute(key, from_directory, 3600)
             if isinstance(cached, CheckpointError):
                 raise Unavailable(cached.reason, cached.message)
             return cached

@@ -130,5 +130,5 @@ def test_endpoint_serves_the_model_its_quantization_job_published(op, claims, na
     assert (claim, mount["subPath"]) == ("models", "tiny-gsq")  # the published artifact, nothing else
     args = pod["containers"][0]["args"]
     assert args[args.index("--quantization") + 1] == "humming"
-    reasons = [e["reason"] for e in kube.list(EVENTS, ns) if e["involvedObject"]["name"] == "tiny"]
-    assert "Succeeded" in reasons and "JobCreated" in reasons
+    wait_for(lambda: {"Succeeded", "JobCreated"} <= {e["reason"] for e in kube.list(EVENTS, ns)
+                                                     if e["involvedObject"]["name"] == "tiny"}, 30, what="Events")

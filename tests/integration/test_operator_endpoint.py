@@ -149,8 +149,9 @@ def test_examples_reach_ready_with_printer_columns(ns, kube, kubectl) -> None:
     items = json.loads(pods)["items"]
     assert len(items) == 2 and all(p["spec"]["nodeName"].startswith("ampere-a10-") for p in items)
     assert all(p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2" for p in items)
-    events = kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.name=qwen36-gsq-ampere").stdout
-    assert "ReplicasReady" in events and "PlanFound" in events
+    wait_for(lambda: "ReplicasReady" in (ev := kubectl("get", "events", "-n", ns, "--field-selector",
+                                                       "involvedObject.name=qwen36-gsq-ampere").stdout)
+             and "PlanFound" in ev, 30, what="the endpoint's Events")
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -244,8 +245,8 @@ def test_each_failure_reason_is_a_condition_and_never_a_pod(ns, kube, kubectl) -
     # nothing was deployed for any of them: no Deployment, no pod that could sit Pending
     assert kube.list(DEPLOYMENTS, ns) == []
     assert json.loads(kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"] == []
-    warnings = [e for e in kube.list(EVENTS, ns) if e["type"] == "Warning"]
-    assert {e["reason"] for e in warnings} >= {"PoolNotFound", "InsufficientGPUMemory", "ConfigUnreadable", "SecretNotFound"}
+    wait_for(lambda: {e["reason"] for e in kube.list(EVENTS, ns) if e["type"] == "Warning"} >=
+             {"PoolNotFound", "InsufficientGPUMemory", "ConfigUnreadable", "SecretNotFound"}, 30, what="Warning Events")
 
 
 def test_facts_appearing_later_are_picked_up(ns, kube) -> None:
@@ -292,8 +293,8 @@ def test_spec_change_rolls_out(ns, kube) -> None:
     assert args[args.index("--max-model-len") + 1] == "65536" and args[args.index("--max-num-seqs") + 1] == "4"
     assert dep["metadata"]["annotations"]["llm.dedicated.dev/spec-hash"] == second["status"]["specHash"]
     assert all(c["observedGeneration"] == 2 for c in second["status"]["conditions"])
-    events = {e["reason"] for e in kube.list(EVENTS, ns) if e["involvedObject"]["name"] == "roll"}
-    assert "Applied" in events
+    wait_for(lambda: "Applied" in {e["reason"] for e in kube.list(EVENTS, ns) if e["involvedObject"]["name"] == "roll"},
+             30, what="the Applied Event")
 
 
 def test_deletion_garbage_collects_deployment_and_service(ns, kube) -> None:

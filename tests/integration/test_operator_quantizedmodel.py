@@ -165,9 +165,9 @@ def test_job_contract_phases_and_printer_columns(ns, kube, kubectl) -> None:
     assert condition(done, "Ready")["status"] == "True" and condition(done, "Validated")["status"] == "True"
     wide = kubectl("get", "qm", "q1", "-n", ns, "-o", "wide").stdout
     assert "ARTIFACT" in wide and "pvc://models/q1" in wide
-    reasons = {e["reason"] for e in kube.list(EVENTS, ns)
-               if e["involvedObject"]["name"] == "q1"}
-    assert {"JobCreated", "Quantizing", "Validating", "Succeeded"} <= reasons
+    wait_for(lambda: {"JobCreated", "Quantizing", "Validating", "Succeeded"} <=
+             {e["reason"] for e in kube.list(EVENTS, ns) if e["involvedObject"]["name"] == "q1"}, 30,
+             what="the model's Events")
 
 
 def test_spec_change_on_a_finished_model_starts_a_new_generation(ns, kube) -> None:

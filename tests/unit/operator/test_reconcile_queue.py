@@ -112,3 +112,22 @@ def test_peering_gate_highest_priority_live_peer_wins() -> None:
     b = PeeringGate(lambda: None, "b", 5).decide({"a": {"priority": 5, "lastseen": now}})
     assert a != b
     assert PeeringGate(None, "x", 0)()  # standalone
+
+
+def test_profile_cache_computes_once_for_concurrent_misses() -> None:
+    from dedicated.operator.handlers.context import TTLCache
+
+    cache = TTLCache()
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return "profile"
+
+    threads = [threading.Thread(target=lambda: cache.get_or_compute("k", slow, 60)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and cache.get("k") == "profile"
