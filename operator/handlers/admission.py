@@ -274,7 +274,7 @@ def validate_gpuquota(ctx: Any, body: Mapping[str, Any], warnings: list[str]) ->
 
 def team_label_patch(ctx: Any, namespace: str, labels: Mapping[str, str] | None) -> str | None:
     """The team label value to set, or None when it is already right."""
-    team = label_value(ctx.quota.team_of(namespace))
+    team = label_value(ctx.quota.team_of(namespace, fresh=True))
     return None if (labels or {}).get(TEAM_LABEL) == team else team
 
 

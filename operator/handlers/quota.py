@@ -141,6 +141,10 @@ class QuotaGate:
         #: Objects refused for lack of quota, (kind, namespace, name): reconciled again whenever
         #: GPUs may have become free (a release, a sweep), through ``on_freed``.
         self.waiting: set[tuple[str, str, str]] = set()
+        #: Endpoints with dedicated-nodes isolation: their anti-affinity names their team's
+        #: namespaces, so they are reconciled again when the teams change.
+        self.dedicated: set[tuple[str, str]] = set()
+        self._last_teams: dict[str, tuple[str, ...]] | None = None
         self.on_freed: Any = None  # callable(kind, namespace, name), set by register()
 
     # --- reading the world -----------------------------------------------------------------------
@@ -175,9 +179,14 @@ class QuotaGate:
             self._snap = snap
         return snap
 
-    def team_of(self, namespace: str) -> str:
-        """The team of ``namespace`` (the isolation label value): its GPUQuota, else ``ns.<namespace>``."""
-        snap = self.snapshot()
+    def invalidate(self) -> None:
+        """Forget the cached quotas and namespaces (a GPUQuota changed)."""
+        with self._snap_lock:
+            self._snap = _Snapshot()
+
+    def team_of(self, namespace: str, *, fresh: bool = False) -> str:
+        """The team of ``namespace``: its GPUQuota's name, else ``ns.<namespace>``."""
+        snap = self.snapshot(fresh=fresh)
         return resolve_teams(snap.quotas, snap.namespaces).team_of(namespace)
 
     def team_namespaces(self, namespace: str) -> tuple[str, ...]:
@@ -317,6 +326,11 @@ class QuotaGate:
         Deployment still serves, and releases its claim otherwise.
         """
         meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if ((body.get("spec") or {}).get("placement") or {}).get("isolation") == "dedicated-nodes":
+            self.dedicated.add(key)
+        else:
+            self.dedicated.discard(key)
         had = any(c.get("type") == QUOTA_CONDITION for c in ((body.get("status") or {}).get("conditions") or []))
         if plan is None:
             if not deployment_exists:
@@ -461,6 +475,7 @@ class QuotaGate:
                             break
                 self._reconcile_mirrors(self.world({}, snap), snap)
                 self.wake_waiting()
+                self._note_teams(snap)
                 return
             for _attempt in range(50):
                 existing, running, done = self._running_claims()
@@ -486,6 +501,15 @@ class QuotaGate:
             mirrors = self._reconcile_mirrors(world, snap)
             self._refresh_statuses(world, snap, mirrors)
         self.wake_waiting()  # limits may have grown, capacity come back, claims gone
+        self._note_teams(snap)
+
+    def _note_teams(self, snap: _Snapshot) -> None:
+        """Reconcile dedicated endpoints again when any team's namespaces changed."""
+        teams = dict(resolve_teams(snap.quotas, snap.namespaces).governed) if snap.quotas else {}
+        if self._last_teams is not None and teams != self._last_teams and self.on_freed is not None:
+            for namespace, name in sorted(self.dedicated):  # their anti-affinity names the team's namespaces
+                self.on_freed(ENDPOINT_KIND, namespace, name)
+        self._last_teams = teams
 
 
 # --- kopf wiring --------------------------------------------------------------------------------
@@ -528,6 +552,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Any) -> QuotaGate:
 
     @kopf.on.event(GROUP, VERSION, "gpuquotas", id="gpuquota-event", registry=registry)
     async def quota_event(**_: Any) -> None:
+        gate.invalidate()
         wake.set()
 
     @kopf.on.event(GROUP, VERSION, "dedicatedendpoints", id="quota-endpoint-deleted", registry=registry)
