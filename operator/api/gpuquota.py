@@ -288,6 +288,24 @@ def gpuquota_crd() -> dict[str, Any]:
     return crd
 
 
+def reference_markdown() -> str:
+    """The GPUQuota reference in docs/api.md's style (fields, constraints, columns), one heading
+    level down, for the GPU quota section of docs/operations.md (a unit test keeps it current)."""
+    from .docs import _kind_section
+
+    lines = _kind_section(GPU_QUOTA)
+    lines = [f"#{line}" if line.startswith("#") else line for line in lines]
+    lines[0] = "### GPUQuota reference"
+    lines.insert(2, "Cluster-scoped; `metadata.name` is the team's name: a DNS label of at most 63 characters "
+                    "(CEL rule on the object).")
+    lines.insert(3, "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # python -m dedicated.operator.api.gpuquota > reference.md
+    print(reference_markdown(), end="")
+
+
 __all__ = ["GPU_QUOTA", "GPUQuota", "GPUQuotaConditionType", "GPUQuotaReason", "GPUQuotaSpec",
            "GPUQuotaStatus", "LabelSelector", "QuotaLimit", "ScopeUsage", "SelectorRequirement",
-           "TeamNamespaces", "UnlistedPools", "gpuquota_crd"]
+           "TeamNamespaces", "UnlistedPools", "gpuquota_crd", "reference_markdown"]

@@ -91,3 +91,15 @@ def test_generated_copies_in_crds_and_the_chart_are_current() -> None:
     for where in ("crds", "charts/dedicated-endpoints/files/crds"):
         assert (ROOT / where / "gpuquotas.llm.dedicated.dev.yaml").read_text() == text, \
             f"{where} is stale: run `dedicated crds generate`"
+
+
+def test_operations_doc_carries_the_current_gpuquota_reference() -> None:
+    from dedicated.operator.api.gpuquota import reference_markdown
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    begin = "<!-- BEGIN generated: python -m dedicated.operator.api.gpuquota -->\n"
+    end = "<!-- END generated -->"
+    assert begin in text and end in text
+    region = text[text.index(begin) + len(begin):text.index(end)]
+    assert region == reference_markdown(), \
+        "docs/operations.md's GPUQuota reference is stale: regenerate it with python -m dedicated.operator.api.gpuquota"
