@@ -292,7 +292,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Any) -> None:
 
     @kopf.on.startup(id="admission-server", registry=registry)
     def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
-        server, managed = webhook_server_from_env()
+        try:
+            server, managed = webhook_server_from_env()
+        except ValueError as err:  # a configuration error: stop, do not retry
+            raise kopf.PermanentError(str(err)) from None
         settings.admission.server = server
         settings.admission.managed = managed
 
