@@ -10,7 +10,9 @@ during a peering hand-over, or the sweep) gets 409, re-reads and decides again o
 so concurrent applies can never admit more than a quota allows. The admission webhook decides
 on the same ledger but only reads: it answers fast and early, the reconcile side is the truth.
 
-The feature costs nothing while no GPUQuota exists: no ledger reads or writes, no conditions.
+While no GPUQuota exists the feature costs one list of GPUQuotas per admission (never decide "no
+quota" from a cache: a quota created a moment ago must count) and nothing else: no ledger reads
+or writes, no conditions.
 When the first quota appears, the sweep records what already runs (Deployments and active Jobs
 the operator made) so that existing workloads count from then on; they are never evicted.
 
