@@ -9,7 +9,7 @@ and writes it (plus JSON) where asked.
     python benchmarks/bench_quality.py --preset gpu --train-steps 1500 --save-model out/model \
         --corpus corpus.tar.xz --out-md out/quality.md --out-json out/quality.json
 
-Method specs: ``bf16``, ``rtn:2``, ``gptq:3``, ``gsq:2``, ``autoround:4``, optionally with overrides
+Method specs (separated by ``;``, or by ``,`` when no spec has overrides): ``bf16``, ``rtn:2``, ``gptq:3``, ``gsq:2``, ``autoround:4``, optionally with overrides
 after ``@``: ``gsq:2@gsq.learn_scales=false``, ``gptq:2@cal.routing_weighted=true``,
 ``gptq:2@cal.fallback=identity,calib=4`` (``calib=N`` uses only the first N calibration samples;
 ``label=...`` names the row). Keys: ``gsq.*`` (GSQConfig), ``gptq.*`` (GPTQConfig), ``cal.*``
@@ -41,7 +41,7 @@ from dedicated.quantize_job.tinymoe.train import TrainConfig, save, train
 DEFAULT_METHODS = "bf16,rtn:2,gptq:2,gsq:2,rtn:3,gptq:3,gsq:3,rtn:4,gptq:4,autoround:4"
 SMOKE_METHODS = "bf16,rtn:2,gptq:2,gsq:2,gptq:3@gsq.steps=2,autoround:4"
 # Each choice the paper leaves open (or that this implementation makes) against the default.
-ABLATION_METHODS = ",".join([
+ABLATION_METHODS = ";".join([
     "bf16",
     "gptq:2@gptq.act_order=false",
     "gptq:2@cal.routing_weighted=true",
@@ -55,6 +55,8 @@ ABLATION_METHODS = ",".join([
     "gptq:2@calib=4,cal.fallback=pooled",
     "gptq:2@calib=4,cal.fallback=identity",
     "gptq:2@calib=4,cal.min_tokens=1",
+    "gsq:2@calib=4,cal.fallback=pooled",
+    "gsq:2@calib=4,cal.fallback=identity",
 ])
 NAMED = {"table": DEFAULT_METHODS, "ablations": ABLATION_METHODS, "smoke": SMOKE_METHODS}
 
@@ -258,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         k, _, v = item.partition("=")
         gsq_cfg = dataclasses.replace(gsq_cfg, **{k: _coerce(v, getattr(gsq_cfg, k))})
     cal = CalibrationConfig(min_tokens=16, min_total_tokens=64) if a.smoke else CalibrationConfig()
-    specs = [parse_spec(m.strip(), GPTQConfig(), gsq_cfg, cal) for m in methods.split(",") if m.strip()]
+    # Specs are separated by ';' (overrides inside a spec use ','); a list without ';' may use ','.
+    items = methods.split(";") if ";" in methods else methods.split(",")
+    specs = [parse_spec(m.strip(), GPTQConfig(), gsq_cfg, cal) for m in items if m.strip()]
 
     corpus = load_corpus(a.corpus)
     log = lambda msg: print(msg, flush=True)

@@ -150,6 +150,8 @@ def _soft_weight_fn(cfg: GSQConfig, device: torch.device, bits: int, group_size:
         return torch_soft
     if device.type != "cuda":
         raise ValueError("use_kernel=True needs a CUDA device; the Triton relaxation kernel does not run on CPU")
+    if bits not in (2, 4):
+        raise ValueError(f"use_kernel=True supports 2- and 4-bit grids (the Triton kernels' widths), not {bits}-bit")
     if cfg.kernel_noise not in ("seeded", "torch"):
         raise ValueError(f"kernel_noise must be 'seeded' or 'torch', got {cfg.kernel_noise!r}")
     try:

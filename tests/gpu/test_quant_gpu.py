@@ -39,7 +39,7 @@ def test_gptq_on_gpu_matches_cpu():
     assert abs(e_gpu - e_cpu) / e_cpu < 1e-2
 
 
-@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("bits", [2, 4])
 def test_gsq_kernel_path_equals_torch_path(bits):
     pytest.importorskip("triton")
     w, h = _problem(experts=3, out=128, inp=256)
@@ -52,6 +52,8 @@ def test_gsq_kernel_path_equals_torch_path(bits):
     assert torch.allclose(ref.final_loss, fused.final_loss, rtol=1e-3)
     seeded = gsq(w, h, init.codes, init.scales, bits, 128, GSQConfig(**{**cfg.as_dict(), "use_kernel": True}))
     assert (seeded.final_loss <= seeded.init_loss).all()
+    with pytest.raises(ValueError, match="2- and 4-bit"):
+        gsq(w, h, init.codes, init.scales, 3, 128, GSQConfig(steps=2, use_kernel=True))
 
 
 def test_engine_holds_one_layer_on_the_gpu_at_a_time(tmp_path):
