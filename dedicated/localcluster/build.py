@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,7 @@ def _build_one(tool: Tool, tools: Path, cache: Path, log: Callable[[str], None])
     command = [go, "build", *build_flags(tool), "-o", str(tmp / tool.name), "."]
     log(f"building {tool.name} ({tool.module} {tool.version}); log: {log_path}")
     start = time.monotonic()
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log_path.open("w") as out:
         out.write(f"$ (cd {source} && {' '.join(command)})\n")
         out.flush()
@@ -211,6 +213,10 @@ def _build_one(tool: Tool, tools: Path, cache: Path, log: Callable[[str], None])
             except subprocess.TimeoutExpired:
                 log(f"  still building {tool.name} ({time.monotonic() - start:.0f}s)")
     seconds = time.monotonic() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time (go and every compiler it ran) does not depend on what else the machine was doing,
+    # unlike the wall time; on an idle machine the wall time is at least cpu_seconds / cores.
+    cpu_seconds = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     if rc != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-25:])
@@ -226,6 +232,8 @@ def _build_one(tool: Tool, tools: Path, cache: Path, log: Callable[[str], None])
         "build_flags": build_flags(tool),
         "go_version": _go_version(go, source, env),
         "build_seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host_cpus": os.cpu_count(),
         "size": binary.stat().st_size,

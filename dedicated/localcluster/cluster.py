@@ -208,7 +208,10 @@ class LocalCluster:
         state = self.read_state()
         if alive == set(COMPONENTS) and state and self._api_ready(state):
             return self._info_from_state(state)
-        if alive:
+        if alive == set(COMPONENTS):
+            self.log(f"the cluster in {self.state_dir} runs but its API server does not answer; restarting it")
+            self._stop_all(quiet=True)
+        elif alive:
             self.log(
                 f"found a partly running cluster in {self.state_dir} (running: {', '.join(sorted(alive))}; "
                 f"not running: {', '.join(sorted(set(COMPONENTS) - alive))}); stopping it and starting fresh"

@@ -101,3 +101,22 @@ def test_zombie_counts_as_gone() -> None:
     child.wait()
     os.kill(os.getpid(), 0)  # (sanity: signalling ourselves works, so the checks above were real)
     assert signal.SIGTERM
+
+
+def test_tied_process_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """What the pytest fixture relies on: a SIGKILLed test session leaves no component running."""
+    parent_code = (
+        "import sys, time; from pathlib import Path; from dedicated.localcluster.procs import start_process; "
+        f"r = start_process('child', [sys.executable, '-c', 'import time; time.sleep(60)'], Path({str(tmp_path / 'c.log')!r}), "
+        f"Path({str(tmp_path / 'c.pid')!r}), tie_to_parent=True); print('started', flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout.readline().strip() == "started"
+    child = ProcessRecord.load(tmp_path / "c.pid")
+    assert child is not None and child.is_running()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while child.is_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not child.is_running()
