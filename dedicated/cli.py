@@ -14,8 +14,8 @@ from collections.abc import Sequence
 # (module, what it adds) — imported lazily so `dedicated cluster up` never imports torch.
 COMMAND_MODULES: tuple[str, ...] = (
     "dedicated.operator.crdgen",  # crds generate [--check]
-    "dedicated.localcluster.cli",  # cluster build|up|down|status|env
     "dedicated.operator.vram.cli",  # vram profile|plan (the VRAM planner by hand)
+    "dedicated.localcluster.cli",  # cluster build|up|down|status|env
     "dedicated.quantize_job.humming.cli",  # repack SRC DST (compressed-tensors -> Humming)
     "dedicated.quantize_job.cli",  # quantize run --config FILE (the quantize Job's program)
     "dedicated.operator.runtime",  # run (the operator)

@@ -76,3 +76,39 @@ def test_up_twice_crash_recovery_stale_pids_and_clean_down(tmp_path: Path) -> No
     leftovers = [r for r in seen if r.is_running()]
     assert not leftovers, f"processes left running after down: {leftovers}"
     assert cli("env", state=state).returncode == 1
+
+
+def test_port_taken_between_choosing_and_binding_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first set of ports handed to `up` has etcd's client port already in use by someone else:
+    etcd dies with "address already in use", and `up` starts again on new ports."""
+    import socket
+
+    from dedicated.localcluster import cluster as cluster_module
+    from dedicated.localcluster.cluster import LocalCluster
+    from dedicated.localcluster.procs import free_ports
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    calls: list[list[int]] = []
+
+    def ports_with_one_taken(count: int) -> list[int]:
+        ports = free_ports(count, avoid={taken})
+        if not calls:
+            ports[0] = taken  # PORT_NAMES[0] is etcd's client port
+        calls.append(ports)
+        return ports
+
+    monkeypatch.setattr(cluster_module, "free_ports", ports_with_one_taken)
+    messages: list[str] = []
+    cluster = LocalCluster(state_dir=tmp_path / "c", log=messages.append, tie_to_parent=True)
+    try:
+        info = cluster.up(timeout=240)
+        assert len(calls) == 2 and info.ports["etcd-client"] != taken
+        assert any("port was taken meanwhile; retrying on new ports" in m for m in messages), messages
+        assert all(cluster.running().values())
+    finally:
+        cluster.down()
+        squatter.close()
+    assert not any(cluster.running().values())
