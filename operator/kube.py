@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
@@ -37,6 +38,18 @@ FIELD_MANAGER = "dedicated-operator"
 APPLIED_HASH_ANNOTATION = f"{GROUP}/applied-hash"
 #: Status codes after which the same request may succeed later (conflict, throttling, server trouble).
 RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+#: How often one request is repeated when the server answers "wait N seconds", and the longest
+#: wait honoured in place (longer ones fail the reconcile, which the queue retries with backoff).
+THROTTLE_ATTEMPTS = 4
+MAX_RETRY_AFTER_SECONDS = 10.0
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (the API server sends delta-seconds); ``None`` when absent or odd."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -98,11 +111,19 @@ def resource_of(obj: Mapping[str, Any]) -> Resource:
 class KubeError(Exception):
     """A failed API request: HTTP status, the API's reason and message."""
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str, *,
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        #: seconds the server asked us to wait (its Retry-After header), if it said
+        self.retry_after = retry_after
+
+    @property
+    def conflict(self) -> bool:
+        """A 409: the object changed since it was read; read again and redo, no backoff needed."""
+        return self.status == 409
 
     @property
     def retryable(self) -> bool:
@@ -234,7 +255,27 @@ class Kube:
 
     def request(self, method: str, path: str, *, body: Any = None, query: Mapping[str, Any] | None = None,
                 content_type: str | None = None, what: str = "") -> Any:
-        """One HTTP request; returns the decoded JSON body; raises ``KubeError`` on non-2xx."""
+        """One API call; returns the decoded JSON body; raises ``KubeError`` on non-2xx.
+
+        A throttled answer (429 with Retry-After, or a 5xx with Retry-After to a read) is waited
+        out and sent again here, a few times, as client-go does: the server asked for exactly
+        that, and failing the whole reconcile would instead grow the queue's backoff towards
+        minutes while the API server is merely busy.
+        """
+        for attempt in range(1, THROTTLE_ATTEMPTS + 1):
+            try:
+                return self._request_once(method, path, body=body, query=query, content_type=content_type,
+                                          what=what)
+            except KubeError as err:
+                wait = err.retry_after
+                may_repeat = err.status == 429 or (method == "GET" and err.status >= 500)
+                if wait is None or not may_repeat or wait > MAX_RETRY_AFTER_SECONDS or attempt == THROTTLE_ATTEMPTS:
+                    raise
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, *, body: Any, query: Mapping[str, Any] | None,
+                      content_type: str | None, what: str) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -257,7 +298,8 @@ class Kube:
                 reason, message = decoded.get("reason") or reason, decoded.get("message") or message
             except (ValueError, AttributeError):
                 pass
-            raise KubeError(status, reason, message, method, path)
+            raise KubeError(status, reason, message, method, path,
+                            retry_after=_retry_after_seconds(response.headers.get("Retry-After")))
         return json.loads(text) if text else None
 
     @staticmethod

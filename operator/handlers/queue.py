@@ -8,8 +8,8 @@ a key here and this queue does the rest, like controller-runtime's work queue:
 
 * a key waiting in the queue is not added twice (bursts coalesce);
 * a key being reconciled is marked dirty and runs once more afterwards (nothing is missed);
-* a failed reconcile is retried with exponential backoff per key (409 conflicts, 429, 5xx,
-  connection loss), reset after a success;
+* a failed reconcile is retried with exponential backoff per key (429, 5xx, connection loss),
+  reset after a success; a 409 conflict is retried after the base delay without growing it;
 * a reconcile may ask to be called again after N seconds (e.g. retrying the Hub);
 * ``gate`` (peering) pauses the workers: a replica that is not the active one reconciles nothing.
 
@@ -96,6 +96,10 @@ class ReconcileQueue:
     def depth(self) -> int:
         return len(self._queued) + len(self._active)
 
+    def in_flight(self) -> int:
+        """Reconciles running right now (a paused replica finishes those it had started)."""
+        return len(self._active)
+
     def idle(self) -> bool:
         return not self._queued and not self._active and not self._dirty
 
@@ -134,9 +138,15 @@ class ReconcileQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # any failure: retry with backoff, never lose the key
-                self._failures[key] += 1
-                n = self._failures[key]
-                delay = min(self.max_delay, self.base_delay * 2 ** (n - 1))
+                if getattr(err, "conflict", False):
+                    # 409: someone wrote the object since it was read. That is not the API server
+                    # failing, so the backoff does not grow: read again shortly and redo.
+                    n = self._failures[key] + 1
+                    delay = self.base_delay
+                else:
+                    self._failures[key] += 1
+                    n = self._failures[key]
+                    delay = min(self.max_delay, self.base_delay * 2 ** (n - 1))
                 self.stats.failures[kind] += 1
                 self.stats.last_error = f"{kind} {namespace}/{name}: {err}"
                 level = logging.WARNING if n >= 3 else logging.INFO

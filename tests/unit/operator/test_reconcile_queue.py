@@ -131,3 +131,28 @@ def test_profile_cache_computes_once_for_concurrent_misses() -> None:
     for t in threads:
         t.join()
     assert len(calls) == 1 and cache.get("k") == "profile"
+
+
+def test_conflicts_retry_soon_without_growing_the_backoff() -> None:
+    """409s (a stale read) are redone after the base delay each time; real failures grow it."""
+    from dedicated.operator.kube import KubeError
+
+    attempts: list[float] = []
+
+    def conflicting(ns, name):
+        attempts.append(time.monotonic())
+        if len(attempts) <= 5:
+            raise KubeError(409, "Conflict", "the object has been modified", "PATCH", "/x")
+
+    async def main():
+        q = ReconcileQueue({"k": conflicting}, workers=1, base_delay=0.05)
+        task = asyncio.create_task(q.run())
+        q.enqueue("k", "ns", "a")
+        while len(attempts) < 6:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    run(main())
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    # exponential growth would make the 5th gap 0.05 * 2**4 = 0.8 s
+    assert max(gaps) < 0.4, gaps
