@@ -302,7 +302,8 @@ class JobAnnotator:
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
+            # KUBECONFIG read now: the client library reads it once, when it is first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         self._api = client.BatchV1Api()
         self.name, self.namespace = name, namespace
 

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -82,9 +84,40 @@ def cached_tiny_moe_checkpoint(cache_root: Path | str, **kwargs) -> Path:
         return final
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_moe_checkpoint(tmp, **kwargs)
+    _build_in_fresh_interpreter(tmp, kwargs)
     try:
         os.rename(tmp, final)
     except OSError:  # another process built it first
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _build_in_fresh_interpreter(out_dir: Path, kwargs: dict) -> None:
+    """Run :func:`build_tiny_moe_checkpoint` in a new Python process.
+
+    Why: ``save_pretrained`` writes per-expert tensor names by reversing transformers' process-wide
+    weight-conversion registry, and libraries loaded earlier in a long test session may patch that
+    registry (seen: a full test session once saved fused ``experts.down_proj`` 3-D tensors, which
+    the Job rightly refuses). A fresh interpreter always writes the Hub layout.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    args = dict(kwargs)
+    text_file = None
+    if args.get("train_text") is not None:
+        text_file = out_dir.with_name(out_dir.name + ".train-text")
+        text_file.write_bytes(args.pop("train_text"))
+    program = (
+        "import json, sys; from pathlib import Path\n"
+        "from dedicated.quantize_job.tiny_checkpoint import build_tiny_moe_checkpoint\n"
+        "kw = json.loads(sys.argv[2])\n"
+        "if len(sys.argv) > 3: kw['train_text'] = Path(sys.argv[3]).read_bytes()\n"
+        "build_tiny_moe_checkpoint(sys.argv[1], **kw)\n"
+    )
+    cmd = [sys.executable, "-c", program, str(out_dir), json.dumps(args)] + ([str(text_file)] if text_file else [])
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    finally:
+        if text_file is not None:
+            text_file.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the tiny MoE checkpoint failed:\n{result.stderr[-4000:]}")

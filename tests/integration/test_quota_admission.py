@@ -296,4 +296,6 @@ def test_resource_quota_mirror_follows_the_team(ns, kube, quotas) -> None:
     # unbounded (unlisted pools allowed): no mirror, and the condition says why
     kube.merge_patch(GPU_QUOTAS, None, team, {"spec": {"unlistedPools": "Allow"}})
     wait_for(lambda: kube.get(RESOURCE_QUOTAS, ns, MIRROR_NAME) is None, 60, what="the mirror removed")
-    assert condition(kube.get(GPU_QUOTAS, None, team), "ResourceQuotaMirrored")["reason"] == "Unbounded"
+    # the mirror is deleted before the status is written: wait for the condition as well
+    wait_for(lambda: condition(kube.get(GPU_QUOTAS, None, team), "ResourceQuotaMirrored").get("reason") == "Unbounded",
+             30, what="the condition to say Unbounded")
