@@ -129,8 +129,13 @@ def run_autoround(
     module_names = [n for n, _ in model.named_modules()]
     kept = keep_bf16_modules(model, keep_patterns)
     layer_config = {n: dict(FP16_ENTRY) for n in kept}
-    samples = [{"input_ids": calib_ids[i : i + 1], "attention_mask": torch.ones_like(calib_ids[i : i + 1])}
-               for i in range(calib_ids.shape[0])]
+    # An explicit ``attention_mask: None``: every sample is full-length, unpadded text, so "attend
+    # to all" is what the model does without a mask. A mask is also wrong on hybrid models:
+    # auto-round replays the keyword arguments captured at the first decoder block for every
+    # block, so the 2-D integer mask meant for a Gated-DeltaNet layer would reach a full-attention
+    # layer's SDPA (a crash on Qwen3.5/3.6-MoE). Leaving the key out is not enough: auto-round then
+    # makes a mask of its own (with the last token masked out).
+    samples = [{"input_ids": calib_ids[i : i + 1], "attention_mask": None} for i in range(calib_ids.shape[0])]
     settings = dict(scheme="W4A16", bits=4, group_size=128, sym=True, iters=iters, nsamples=len(samples),
                     seqlen=int(calib_ids.shape[1]), batch_size=min(batch_size, len(samples)), seed=seed)
     if lr is not None:

@@ -96,9 +96,10 @@ def _build_in_fresh_interpreter(out_dir: Path, kwargs: dict) -> None:
     """Run :func:`build_tiny_moe_checkpoint` in a new Python process.
 
     Why: ``save_pretrained`` writes per-expert tensor names by reversing transformers' process-wide
-    weight-conversion registry, and libraries loaded earlier in a long test session may patch that
-    registry (seen: a full test session once saved fused ``experts.down_proj`` 3-D tensors, which
-    the Job rightly refuses). A fresh interpreter always writes the Hub layout.
+    weight-conversion registry, which other code in a long test session can change (auto-round's
+    checkpoint loader drops the expert-fusion step for good; ``validate.conversion_registry_kept``
+    now undoes that, but a test helper should not depend on every caller being that careful). A
+    fresh interpreter always writes the Hub layout.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     args = dict(kwargs)

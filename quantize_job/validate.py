@@ -19,11 +19,14 @@ so a model larger than the GPU still validates.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
 import math
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +89,36 @@ def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype = torch
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device.type == "cuda":
         kwargs["device_map"] = "auto"  # fills the GPU, offloads the rest to CPU memory (accelerate)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    with conversion_registry_kept():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     model.eval()
     return model
+
+
+@contextmanager
+def conversion_registry_kept() -> Iterator[None]:
+    """Undo process-wide changes to transformers' checkpoint-conversion registry.
+
+    Loading an auto-round checkpoint runs auto-round's ``disable_moe_conversion_mapping``, which
+    re-registers the model type's conversions without the expert-fusion step, for good. Every
+    later load of a BF16 checkpoint of that model type in the same process then leaves the
+    per-expert weights unused and the fused experts randomly initialised (transformers only
+    warns), and ``save_pretrained`` writes fused 3-D tensors. Seen in a test session; a Job
+    could hit it on any load after validating an AutoRound result.
+    """
+    try:
+        from transformers import conversion_mapping
+    except ImportError:  # pragma: no cover - transformers is a dependency of this stage
+        yield
+        return
+    if not hasattr(conversion_mapping, "_checkpoint_conversion_mapping_cache"):  # another transformers
+        yield
+        return
+    saved = copy.deepcopy(conversion_mapping._checkpoint_conversion_mapping_cache)  # None: built on first use
+    try:
+        yield
+    finally:
+        conversion_mapping._checkpoint_conversion_mapping_cache = saved
 
 
 def _input_device(model) -> torch.device:

@@ -100,3 +100,26 @@ def test_autoround_runs_on_cpu_and_saves_auto_gptq(tiny_moe, tmp_path):
     assert torch.equal(restored.model.layers[1].mlp.experts.down_proj[3], dense["model.layers.1.mlp.experts.3.down_proj"])
     with pytest.raises(ValueError, match="samples, tokens"):
         run_autoround(model, build_tokenizer(), torch.zeros(5, dtype=torch.long), tmp_path / "bad")
+
+
+def test_autoround_on_a_hybrid_gated_deltanet_model(tmp_path):
+    """Qwen3.5/3.6-MoE mixes Gated-DeltaNet and full-attention layers. auto-round replays the first
+    block's keyword arguments for every block, so a 2-D integer mask made for a linear-attention
+    layer used to reach the full-attention layer's SDPA and crash; the runner passes no mask."""
+    from transformers import Qwen3_5MoeForCausalLM
+
+    from dedicated.quantize_job.tinymoe.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    text = _meta_qwen35_moe().config.text_config
+    model = Qwen3_5MoeForCausalLM(text).float()
+    kinds = {type(layer.linear_attn if hasattr(layer, "linear_attn") else layer.self_attn).__name__
+             for layer in model.model.layers}
+    assert len(kinds) == 2, f"the tiny model must mix both attention kinds: {kinds}"
+    original = model.model.layers[3].mlp.experts.down_proj[1].detach().clone()
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    res = run_autoround(model, build_tokenizer(), ids, tmp_path / "out", iters=2, batch_size=2)
+    assert res.in_proj_ba == [f"model.layers.{i}.linear_attn.in_proj_ba" for i in range(3)]
+    dense, _ = dequantize_autogptq_checkpoint(res.output_dir)
+    got = dense["model.layers.3.mlp.experts.1.down_proj"]  # the full-attention layer's experts
+    assert (got - original).norm() / original.norm() < 0.2

@@ -159,3 +159,9 @@ def test_autoround_job_publishes_auto_gptq_with_the_reference_keep_list(tiny_moe
     assert manifest["components"]["quantizedExperts"]["tensors"] > 0
     assert manifest["components"]["quantizedOther"]["tensors"] > 0  # attention is W4 too
     assert manifest["modules"]["quantized"] == 32
+    # Validating loaded the AutoRound result through auto-round, which drops the model type's
+    # expert-fusion conversion process-wide; the loader must have put it back, or every later load
+    # of a BF16 checkpoint in this process would leave its experts randomly initialised.
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    assert any(type(c).__name__ == "WeightConverter" for c in get_checkpoint_conversion_mapping("qwen2_moe") or [])
