@@ -48,6 +48,30 @@ _SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
+class RestartableOperator:
+    """An in-process operator a test can stop and start again; a restart is a fresh process state
+    (new queue, caches), as after a crash, while the cluster keeps everything the operator wrote."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.thread = start_operator(kubeconfig)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+    def start(self) -> None:
+        self.thread = start_operator(self.kubeconfig)
+
+    def restart(self) -> None:
+        self.stop()
+        assert not self.thread.alive()
+        self.start()
+
+    @property
+    def ctx(self):
+        return self.thread.ctx
+
+
 def apiserver_writes(kube: Kube, resources: Iterable[str]) -> Counter:
     """Write requests the API server has served, by (verb, resource[/subresource]), from its own
     ``apiserver_request_total`` metric: a count taken on the server side, covering every client."""

@@ -24,13 +24,13 @@ from dedicated.operator.kube import (
     Kube,
 )
 from dedicated.operator.testing import (
+    RestartableOperator,
     apiserver_writes,
     apply_crds,
     condition,
     example_manifests,
     make_models_volume,
     settle,
-    start_operator,
     wait_for,
 )
 
@@ -40,29 +40,12 @@ GSQ = "qwen3.6-35b-a3b-gsq-w2"
 BF16 = "qwen3.6-35b-a3b-bf16"
 
 
-class Operator:
-    """The module's operator, restartable (a restart is a fresh process state: new queue, caches)."""
-
-    def __init__(self, kubeconfig) -> None:
-        self.kubeconfig = kubeconfig
-        self.thread = start_operator(kubeconfig)
-
-    def restart(self) -> None:
-        self.thread.stop()
-        assert not self.thread.alive()
-        self.thread = start_operator(self.kubeconfig)
-
-    @property
-    def ctx(self):
-        return self.thread.ctx
-
-
 @pytest.fixture(scope="module")
 def op(local_cluster, kubectl):
     apply_crds(kubectl)
-    operator = Operator(local_cluster.kubeconfig)
+    operator = RestartableOperator(local_cluster.kubeconfig)
     yield operator
-    operator.thread.stop()
+    operator.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,12 @@ from dedicated.operator.kube import (
     Kube,
 )
 from dedicated.operator.testing import (
+    RestartableOperator,
     apply_crds,
     condition,
     example_manifests,
     make_models_volume,
     settle,
-    start_operator,
     wait_for,
 )
 
@@ -46,26 +46,10 @@ GSQ = "qwen3.6-35b-a3b-gsq-w2"
 LONG_RUN = {"dedicated.dev/simulate-run-duration": "1h"}
 
 
-class Operator:
-    def __init__(self, kubeconfig) -> None:
-        self.kubeconfig = kubeconfig
-        self.thread = start_operator(kubeconfig)
-
-    def stop(self) -> None:
-        self.thread.stop()
-
-    def start(self) -> None:
-        self.thread = start_operator(self.kubeconfig)
-
-    @property
-    def ctx(self):
-        return self.thread.ctx
-
-
 @pytest.fixture(scope="module")
 def op(local_cluster, kubectl):
     apply_crds(kubectl)
-    operator = Operator(local_cluster.kubeconfig)
+    operator = RestartableOperator(local_cluster.kubeconfig)
     yield operator
     operator.stop()
 
