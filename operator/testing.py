@@ -145,6 +145,14 @@ def example_manifests(*names: str, namespace: str) -> list[dict[str, Any]]:
     return docs
 
 
+def prepare_model_namespace(kube: Kube, namespace: str) -> None:
+    """What an endpoint in ``namespace`` needs before the operator can plan it: the models volume
+    and the examples' model facts (the planner reads the checkpoint's facts, not the weights)."""
+    make_models_volume(kube, namespace)
+    for doc in example_manifests("model-facts", namespace=namespace):
+        kube.create(doc)
+
+
 def settle(thread: OperatorThread, quiet_seconds: float = 2.0, timeout: float = 120.0) -> None:
     """Wait until the operator's queue has been idle for ``quiet_seconds`` in a row."""
     deadline = time.monotonic() + timeout

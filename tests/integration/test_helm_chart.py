@@ -38,7 +38,7 @@ from dedicated.operator.handlers.quota import GPU_QUOTAS, MIRROR_NAME, NAMESPACE
 from dedicated.operator.images import image_config
 from dedicated.operator.kube import CONFIGMAPS, DEDICATED_ENDPOINTS, DEPLOYMENTS, Kube
 from dedicated.operator.runtime import OperatorThread, RuntimeConfig
-from dedicated.operator.testing import example_manifests, make_models_volume, wait_for
+from dedicated.operator.testing import prepare_model_namespace, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -258,9 +258,7 @@ def team(operator, kube, kubectl, site):
     """A team namespace with the example model facts and a GPUQuota of 4 hopper GPUs."""
     ns = site["team_ns"]
     kube.request("POST", NAMESPACES.path(None), body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    make_models_volume(kube, ns)
-    for doc in example_manifests("model-facts", namespace=ns):
-        kube.create(doc)
+    prepare_model_namespace(kube, ns)
     kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "llm.dedicated.dev/v1alpha1", "kind": "GPUQuota", "metadata": {"name": site["quota"]},
         "spec": {"namespaces": {"names": [ns]}, "limits": [{"gpuFamily": "hopper", "max": 4}], "unlistedPools": "Deny"}}))

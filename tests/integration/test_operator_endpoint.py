@@ -24,12 +24,12 @@ from dedicated.operator.kube import (
     Kube,
 )
 from dedicated.operator.testing import (
+    prepare_model_namespace,
     RestartableOperator,
     apiserver_writes,
     apply_crds,
     condition,
     example_manifests,
-    make_models_volume,
     settle,
     wait_for,
 )
@@ -55,9 +55,7 @@ def kube(k8s) -> Kube:
 
 @pytest.fixture
 def ns(namespace, kube, op) -> str:
-    make_models_volume(kube, namespace)
-    for doc in example_manifests("model-facts", namespace=namespace):
-        kube.create(doc)
+    prepare_model_namespace(kube, namespace)
     return namespace
 
 

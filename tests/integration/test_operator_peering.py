@@ -9,9 +9,8 @@ import yaml
 from dedicated.operator.kube import DEDICATED_ENDPOINTS, DEPLOYMENTS, Kube
 from dedicated.operator.runtime import PEERING_CRDS, PEERING_NAME
 from dedicated.operator.testing import (
+    prepare_model_namespace,
     apply_crds,
-    example_manifests,
-    make_models_volume,
     start_operator,
     wait_for,
 )
@@ -49,9 +48,7 @@ def _record_keys(op) -> list[tuple[str, str]]:
 
 def test_only_the_highest_priority_replica_acts_and_the_other_takes_over(peering, local_cluster, namespace, k8s) -> None:
     kube = Kube(k8s)
-    make_models_volume(kube, namespace)
-    for doc in example_manifests("model-facts", namespace=namespace):
-        kube.create(doc)
+    prepare_model_namespace(kube, namespace)
     low = start_operator(local_cluster.kubeconfig, standalone=False, identity="replica-low", priority=10)
     high = start_operator(local_cluster.kubeconfig, standalone=False, identity="replica-high", priority=20)
     try:

@@ -31,11 +31,10 @@ from dedicated.operator.kube import (
     Kube,
 )
 from dedicated.operator.testing import (
+    prepare_model_namespace,
     RestartableOperator,
     apply_crds,
     condition,
-    example_manifests,
-    make_models_volume,
     settle,
     wait_for,
 )
@@ -61,9 +60,7 @@ def kube(k8s) -> Kube:
 
 @pytest.fixture
 def ns(namespace, kube, op) -> str:
-    make_models_volume(kube, namespace)
-    for doc in example_manifests("model-facts", namespace=namespace):
-        kube.create(doc)
+    prepare_model_namespace(kube, namespace)
     kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf", "namespace": namespace},
                  "stringData": {"token": "hf_not_a_real_token_0123456789"}})
     return namespace

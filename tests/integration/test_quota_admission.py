@@ -20,11 +20,10 @@ import yaml
 from dedicated.operator.handlers.quota import GPU_QUOTAS, MIRROR_NAME, NAMESPACES, RESOURCE_QUOTAS
 from dedicated.operator.kube import CONFIGMAPS, DEDICATED_ENDPOINTS, DEPLOYMENTS, JOBS, QUANTIZED_MODELS, Kube
 from dedicated.operator.testing import (
+    prepare_model_namespace,
     LOCAL_POOLS,
     apply_crds,
     condition,
-    example_manifests,
-    make_models_volume,
     start_operator,
     wait_for,
 )
@@ -79,9 +78,7 @@ def op(local_cluster, kubectl, kube, tmp_path_factory):
 
 @pytest.fixture
 def ns(namespace, kube, op) -> str:
-    make_models_volume(kube, namespace)
-    for doc in example_manifests("model-facts", namespace=namespace):
-        kube.create(doc)
+    prepare_model_namespace(kube, namespace)
     return namespace
 
 
@@ -91,9 +88,7 @@ def other_ns(kube, op):
     name = f"other-{uuid.uuid4().hex[:6]}"
     post(kube, NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
                             "metadata": {"name": name, "labels": {"dedicated.dev/test": "true"}}})
-    make_models_volume(kube, name)
-    for doc in example_manifests("model-facts", namespace=name):
-        kube.create(doc)
+    prepare_model_namespace(kube, name)
     yield name
     kube.delete(NAMESPACES, None, name)
 

@@ -13,7 +13,7 @@ import pytest
 
 from dedicated.operator.handlers.quota import GPU_QUOTAS, NAMESPACES
 from dedicated.operator.kube import DEDICATED_ENDPOINTS, DEPLOYMENTS, EVENTS, PODS, Kube
-from dedicated.operator.testing import apply_crds, example_manifests, make_models_volume, start_operator, wait_for
+from dedicated.operator.testing import apply_crds, prepare_model_namespace, start_operator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,7 @@ def env(local_cluster, kubectl, kube):
         kube.request("POST", NAMESPACES.path(None), body={"apiVersion": "v1", "kind": "Namespace",
                                                          "metadata": {"name": ns, "labels": {"dedicated.dev/test": "true"}}})
     for key in ("a1", "a2", "b"):
-        make_models_volume(kube, names[key])
-        for doc in example_manifests("model-facts", namespace=names[key]):
-            kube.create(doc)
+        prepare_model_namespace(kube, names[key])
     team = f"team-a-{suffix}"
     kube.request("POST", GPU_QUOTAS.path(None), body={
         "apiVersion": "llm.dedicated.dev/v1alpha1", "kind": "GPUQuota",
