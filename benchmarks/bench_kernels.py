@@ -203,28 +203,40 @@ def bytes_moved(m: int, kind: str, bits: int, active: float) -> float:
 
 
 def candidates(m: int):
-    """Launch configs the sweep tries (run 1 showed unpack mode 1 losing everywhere: not retried)."""
+    """Launch configs the sweep tries: the pair-register unpack (mode 2) in every tile shape that
+    fits, beside run 2's winners with the interleave unpack (mode 0) as the baseline of this run.
+    Run 1 showed mode 1 losing everywhere; run 2's CUDA-core kernel is tried at decode only."""
     from dedicated.kernels.gemm import GemmConfig as C
 
     if m <= 128:
-        out = []
-        for bn in (64, 128):
-            for stages in (3, 5):
-                out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=stages))
-            out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=3, scale_b=True))
-            out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=False, mode=0, num_warps=4, num_stages=3))
-        for bm in (1, 2, 4, 8):
-            out.append(C(block_m=bm, block_n=16, block_k=128, kernel="fma", num_warps=2, num_stages=3))
+        out = [C(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=3, scale_b=True),
+               C(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=3, scale_b=True)]
+        for bn, w in ((64, 4), (128, 4), (256, 8)):
+            for st in (2, 3, 4):
+                for sb in (False, True):
+                    out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w,
+                                 num_stages=st, scale_b=sb))
+        if m >= 32:
+            out.append(C(block_m=32, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3, scale_b=True))
+        for bm in (1, 2):
             out.append(C(block_m=bm, block_n=32, block_k=128, kernel="fma", num_warps=4, num_stages=3))
-            out.append(C(block_m=bm, block_n=64, block_k=128, kernel="fma", num_warps=4, num_stages=3))
         return out
-    out = []
-    for bm, bn, bk, w, st in ((64, 128, 128, 4, 3), (64, 128, 64, 4, 4), (128, 128, 128, 8, 3),
-                              (64, 256, 64, 8, 3), (128, 128, 64, 8, 3)):
-        out.append(C(block_m=bm, block_n=bn, block_k=bk, swap_ab=False, mode=0, num_warps=w, num_stages=st))
-    for bm, bn, bk, w, st in ((64, 128, 128, 4, 3), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3),
-                              (128, 256, 64, 8, 3), (128, 128, 128, 8, 4), (64, 256, 64, 8, 3)):
-        out.append(C(block_m=bm, block_n=bn, block_k=bk, swap_ab=False, mode=0, num_warps=w, num_stages=st, scale_b=True))
+    out = [C(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, num_warps=4, num_stages=4, scale_b=True),
+           C(block_m=128, block_n=128, block_k=64, swap_ab=False, mode=0, num_warps=8, num_stages=3, scale_b=True),
+           C(block_m=128, block_n=256, block_k=64, swap_ab=False, mode=0, num_warps=8, num_stages=3, scale_b=True)]
+    # swapped: block_n weight rows on the MMA's M side (from registers), block_m tokens on its N side
+    for bm, bn, w, st in ((64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3),
+                          (256, 128, 8, 3), (64, 256, 8, 4), (128, 128, 8, 4)):
+        for sb in (False, True):
+            out.append(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st,
+                         scale_b=sb))
+    for bm, bn, w, st in ((64, 128, 4, 3), (128, 128, 8, 3)):
+        out.append(C(block_m=bm, block_n=bn, block_k=128, swap_ab=False, mode=2, num_warps=w, num_stages=st, scale_b=True))
+    # the same with the activation columns reordered once per call (contiguous pair slices)
+    for bm, bn, w, st in ((64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 8, 4)):
+        for sb in (False, True):
+            out.append(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st,
+                         scale_b=sb, permute_a=True))
     return out
 
 

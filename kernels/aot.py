@@ -33,12 +33,22 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90):
         BITS=bits, GROUP=128, OFFSET=1 << (bits - 1), IS_MOE=True, A_ROW_DIV=8 if kind == "gate_up" else 1,
         MUL_ROUTED=kind == "down", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
     )
+    constexprs.update(stride_ak=1, stride_cn=1)  # a launch specialises unit strides into constants
     if cfg.kernel != "fma":
-        constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b)
+        constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b,
+                          A_PERMUTED=cfg.permute_a)
     signature = {}
     for name in fn.arg_names:
         signature[name] = "constexpr" if name in constexprs else _POINTERS.get(name, "i32")
-    src = ASTSource(fn, signature, constexprs=constexprs)
+    if cfg.kernel != "fma" and cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
+        raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits")
+    # What a real launch specialises on: 16-byte aligned tensors, and the sizes and strides that are
+    # multiples of 16 at every shape served (K, N, row strides). Without it the SASS shows scalar
+    # loads where the launched kernel has vector ones.
+    aligned = [i for i, name in enumerate(fn.arg_names)
+               if name in _POINTERS or name in ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_cm")]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.unpack import is_interpreted, mma, mma_acc, tile_k_order, unpack_biased
+from dedicated.kernels.unpack import is_interpreted, mma, mma_acc, pair_fields, tile_k_order, unpack_biased
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,12 @@ class GemmConfig:
     block_n: int = 64
     block_k: int = 128
     swap_ab: bool = True
-    mode: int = 0  # unpack mode: 0 interleave, 1 Marlin-style pairs (see unpack.py)
+    mode: int = 0  # unpack: 0 interleave, 1 pairs into one tile (unpack.py), 2 pairs in MMA registers
     num_warps: int = 4
     num_stages: int = 4
     scale_b: bool = False  # fold the scale into bf16 weights and chain the accumulator (mma only)
     kernel: str = "mma"  # "mma": tensor cores; "fma": CUDA-core GEMV for a few tokens per block
+    permute_a: bool = False  # mode 2: reorder activation columns once per call so each pair's are contiguous
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -56,8 +57,10 @@ class GemmConfig:
             raise ValueError(f"kernel must be 'mma' or 'fma', got {self.kernel!r}")
         if self.kernel == "mma" and (self.block_m < 16 or self.block_n < 16 or self.block_k < 16):
             raise ValueError("tensor-core tiles need block_m, block_n, block_k >= 16")
-        if self.mode not in (0, 1):
-            raise ValueError(f"unpack mode must be 0 or 1, got {self.mode}")
+        if self.mode not in (0, 1, 2):
+            raise ValueError(f"unpack mode must be 0, 1 or 2, got {self.mode}")
+        if self.permute_a and (self.mode != 2 or self.kernel != "mma"):
+            raise ValueError("permute_a only applies to unpack mode 2")
 
     def for_group(self, group_size: int) -> "GemmConfig":
         """Clamp the K tile so it never straddles a scale group."""
@@ -68,7 +71,7 @@ class GemmConfig:
             return f"fma-m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}p{self.num_stages}"
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
-            f"u{self.mode}{'b' if self.scale_b else ''}w{self.num_warps}p{self.num_stages}"
+            f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
         )
 
 
@@ -82,6 +85,7 @@ def dq_gemm_kernel(
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr,
+    A_PERMUTED: tl.constexpr,
 ):
     PW: tl.constexpr = 32 // BITS
     pid = tl.program_id(0)
@@ -104,14 +108,44 @@ def dq_gemm_kernel(
         c_rows = rows
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    korder = tile_k_order(BLOCK_K, BITS, MODE)
-    a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + korder[None, :] * stride_ak
-    w_base = w_ptr + expert * stride_we + n[:, None] * stride_wn + tl.arange(0, BLOCK_K // PW)[None, :]
-    s_base = s_ptr + expert * stride_se + n * stride_sn
+    # Mode 2 reads rows past N from row N - 1 instead of masking its loads (their outputs are never
+    # stored); modes 0/1 mask, as rows past N must read as zero there.
+    n_w = tl.minimum(n, N - 1) if MODE == 2 else n
+    w_base = w_ptr + expert * stride_we + n_w[:, None] * stride_wn + tl.arange(0, BLOCK_K // PW)[None, :]
+    s_base = s_ptr + expert * stride_se + n_w * stride_sn
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if MODE == 2:
+        acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am, stride_ak,
+                                  BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED)
+    else:
+        acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, K, stride_am, stride_ak,
+                                  BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
+    if MUL_ROUTED:
+        rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
+        if SWAP_AB:
+            acc = acc * rw[None, :]
+        else:
+            acc = acc * rw[:, None]
+    out = acc.to(c_ptr.dtype.element_ty)
+    if SWAP_AB:
+        c_ptrs = c_ptr + c_rows.to(tl.int64)[None, :] * stride_cm + n[:, None] * stride_cn
+        tl.store(c_ptrs, out, mask=row_ok[None, :] & n_ok[:, None])
+    else:
+        c_ptrs = c_ptr + c_rows.to(tl.int64)[:, None] * stride_cm + n[None, :] * stride_cn
+        tl.store(c_ptrs, out, mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, K, stride_am, stride_ak,
+                        BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
+                        SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr):
+    """Unpack modes 0/1: the whole ``[BLOCK_N, BLOCK_K]`` weight tile becomes one bf16 operand."""
+    PW: tl.constexpr = 32 // BITS
+    korder = tile_k_order(BLOCK_K, BITS, MODE)
+    a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + korder[None, :] * stride_ak
     for k0 in range(0, K, BLOCK_K):
         a = tl.load(a_base + k0 * stride_ak, mask=row_ok[:, None], other=0.0)
         w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
@@ -132,19 +166,74 @@ def dq_gemm_kernel(
             else:
                 t = mma(a, tl.trans(b), UPCAST)
                 acc += (t - corr[:, None]) * s[None, :]
-    if MUL_ROUTED:
-        rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
-        if SWAP_AB:
-            acc = acc * rw[None, :]
-        else:
-            acc = acc * rw[:, None]
-    out = acc.to(c_ptr.dtype.element_ty)
-    if SWAP_AB:
-        c_ptrs = c_ptr + c_rows.to(tl.int64)[None, :] * stride_cm + n[:, None] * stride_cn
-        tl.store(c_ptrs, out, mask=row_ok[None, :] & n_ok[:, None])
+    return acc
+
+
+@triton.jit
+def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am, stride_ak,
+                        BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr,
+                        SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr):
+    """Unpack mode 2: one MMA per field pair, its operand built in the registers the MMA reads.
+
+    Per word, one shift and one mask-or (:func:`pair_fields`) give the int32 holding fields ``i``
+    and ``i + PW/2`` as two bf16 ``128 + v``: exactly the register an MMA operand fragment wants
+    for two consecutive K. The weight words are not masked by N (the caller clamps out-of-range
+    rows to a valid one and masks the store): masked loads made Triton route the operand through
+    shared memory. ``join`` + ``reshape`` only name that register as a ``[BLOCK_N, 2 * WC]``
+    tile (no data moves: checked in the SASS), whose columns are K ``c * PW + i`` and
+    ``c * PW + i + PW/2``; the matching activation columns are loaded in that order. With
+    ``SCALE_B`` the bias and scale are applied in bf16x2 (subtract: exact; multiply: the one
+    rounding a bf16 dequantization has) and the accumulator chains; without, the bias is removed
+    after the product through the activations' sum and the scale is applied in fp32 per K tile.
+    The activation columns of a pair are strided (``PW`` apart): fine for a few decode rows, but
+    for prefill tiles they cost an element-wise load and shared-memory store each, so with
+    ``A_PERMUTED`` the caller has reordered the columns (:func:`permute_pair_columns`) and pair
+    ``i`` reads the contiguous columns ``[i * 2 * WC, (i + 1) * 2 * WC)`` of each K tile.
+    """
+    PW: tl.constexpr = 32 // BITS
+    HALF: tl.constexpr = PW // 2
+    WC: tl.constexpr = BLOCK_K // PW
+    q = tl.arange(0, 2 * WC)
+    if A_PERMUTED:
+        kq = q
+        STEP: tl.constexpr = 2 * WC
     else:
-        c_ptrs = c_ptr + c_rows.to(tl.int64)[:, None] * stride_cm + n[None, :] * stride_cn
-        tl.store(c_ptrs, out, mask=row_ok[:, None] & n_ok[None, :])
+        kq = (q // 2) * PW + (q % 2) * HALF
+        STEP: tl.constexpr = 1
+    a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + kq[None, :] * stride_ak
+    for k0 in range(0, K, BLOCK_K):
+        w = tl.load(w_base + k0 // PW)
+        s = tl.load(s_base + k0 // GROUP)
+        t = tl.zeros(acc.shape, dtype=tl.float32)
+        asum = tl.zeros((a_rows.shape[0],), dtype=tl.float32)
+        for i in tl.static_range(HALF):
+            p = pair_fields(w >> (i * BITS), BITS, UPCAST)
+            b = tl.join(p.to(tl.int16), (p >> 16).to(tl.int16))
+            b = tl.reshape(b, (BLOCK_N, 2 * WC)).to(tl.bfloat16, bitcast=True)
+            a = tl.load(a_base + (k0 + i * STEP) * stride_ak, mask=row_ok[:, None], other=0.0)
+            if SCALE_B:
+                if UPCAST:  # the interpreter does no bf16 arithmetic; fp32 rounds the same (exact product)
+                    bs = ((b.to(tl.float32) - (128.0 + OFFSET)) * s.to(tl.float32)[:, None]).to(tl.bfloat16)
+                else:
+                    bs = (b - (128.0 + OFFSET)).to(tl.bfloat16) * s.to(tl.bfloat16)[:, None]
+                if SWAP_AB:
+                    acc = mma_acc(bs.to(tl.bfloat16), tl.trans(a), acc, UPCAST)
+                else:
+                    acc = mma_acc(a, tl.trans(bs.to(tl.bfloat16)), acc, UPCAST)
+            else:
+                asum += tl.sum(a.to(tl.float32), axis=1)
+                if SWAP_AB:
+                    t = mma_acc(b, tl.trans(a), t, UPCAST)
+                else:
+                    t = mma_acc(a, tl.trans(b), t, UPCAST)
+        if not SCALE_B:
+            sf = s.to(tl.float32)
+            if SWAP_AB:
+                acc += (t - asum[None, :] * (128.0 + OFFSET)) * sf[:, None]
+            else:
+                acc += (t - asum[:, None] * (128.0 + OFFSET)) * sf[None, :]
+    return acc
 
 
 @triton.jit(do_not_specialize=["M", "NUM_VALID", "NUM_PID_M"])
@@ -223,9 +312,31 @@ def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert
             out.stride(0), out.stride(1))
     if cfg.kernel == "fma":
         dq_fma_kernel[grid](*args, **common)
-    else:
-        dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
-                             UPCAST=is_interpreted(dq_gemm_kernel), **common)
+        return
+    if cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
+        raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits (a pair MMA takes 16 K)")
+    dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
+                         A_PERMUTED=cfg.permute_a, UPCAST=is_interpreted(dq_gemm_kernel), **common)
+
+
+def permute_pair_columns(x: torch.Tensor, bits: int, block_k: int) -> torch.Tensor:
+    """Reorder ``x``'s columns within each ``block_k`` tile into unpack mode 2's pair order.
+
+    Tile column ``k = c * PW + f`` (word ``c``, field ``f``) belongs to pair ``i = f % (PW/2)`` at
+    position ``2 * c + f // (PW/2)`` of that pair's slice; slices are stored one after another.
+    One gather over the activations per call, so the kernel's loads are contiguous.
+    """
+    pw = 32 // bits
+    half, wc = pw // 2, block_k // pw
+    k = x.shape[1]
+    r = torch.arange(block_k, device=x.device)
+    c, f = r // pw, r % pw
+    new_pos = (f % half) * 2 * wc + 2 * c + f // half
+    source = torch.empty_like(r)
+    source[new_pos] = r  # column new_pos of a tile holds original column r
+    tiles = torch.arange(0, k, block_k, device=x.device)
+    index = (tiles[:, None] + source[None, :]).reshape(-1)
+    return x.index_select(1, index)
 
 
 def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
@@ -270,6 +381,8 @@ def dequant_gemm(
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
+    if cfg.permute_a:
+        x = permute_pair_columns(x, bits, cfg.block_k)
     num_pid_m = triton.cdiv(m, cfg.block_m)
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     launch(cfg, grid, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,

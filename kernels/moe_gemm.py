@@ -21,7 +21,7 @@ import torch
 import triton
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.gemm import GemmConfig, check_activations, launch
+from dedicated.kernels.gemm import GemmConfig, check_activations, launch, permute_pair_columns
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,8 @@ def moe_gemm(
         out = torch.empty((pairs, n), dtype=x.dtype, device=x.device)
     if pairs == 0 or n == 0:
         return out
+    if cfg.permute_a:
+        x = permute_pair_columns(x, bits, cfg.block_k)
     num_pid_m = routing.max_blocks
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     rw = topk_weights if topk_weights is not None else x

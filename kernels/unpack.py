@@ -117,3 +117,24 @@ def unpack_biased(w, BITS: tl.constexpr, MODE: tl.constexpr):
         full = tl.join(lo, hi)
         out = tl.reshape(full, (w.shape[0], w.shape[1] * PW)).to(tl.bfloat16, bitcast=True)
     return out
+
+
+@triton.jit
+def pair_fields(w, BITS: tl.constexpr, INTERPRETED: tl.constexpr):
+    """int32 ``w`` -> int32 holding bf16 ``128 + (w & MASK)`` low and ``128 + ((w >> 16) & MASK)`` high.
+
+    One ``lop3`` with both constants: written as Triton ``&`` and ``|`` it becomes two instructions
+    (a LOP3 takes one immediate), and with the bf16x2 constant as a run-time value instead Triton
+    routed the MMA operand through shared memory (both seen in the sm_90 SASS). The interpreter
+    has no inline assembly, so it gets the plain expression.
+    """
+    MASK: tl.constexpr = (1 << BITS) - 1
+    if INTERPRETED:
+        r = (w & (MASK | (MASK << 16))) | 0x43004300
+    elif BITS == 4:
+        r = tl.inline_asm_elementwise("lop3.b32 $0, $1, 0x000f000f, 0x43004300, 0xea;", "=r,r", [w],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        r = tl.inline_asm_elementwise("lop3.b32 $0, $1, 0x00030003, 0x43004300, 0xea;", "=r,r", [w],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+    return r

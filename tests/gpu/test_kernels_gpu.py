@@ -87,6 +87,11 @@ CODE_PATHS = [
     GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=1),
     GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0, scale_b=True),
     GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, scale_b=True),
+    GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=2),
+    GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, scale_b=True),
+    GemmConfig(block_m=128, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=8),
+    GemmConfig(block_m=128, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=8, scale_b=True, permute_a=True),
+    GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, mode=2, scale_b=True),
     GemmConfig(block_m=4, block_n=32, block_k=128, kernel="fma"),
     GemmConfig(block_m=1, block_n=64, block_k=128, kernel="fma", num_warps=2),
 ]

@@ -20,6 +20,8 @@ from dedicated.kernels.gemm import GemmConfig
 cfgs = [
     (GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0, scale_b=True), 2),
     (GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, num_stages=4, scale_b=True), 4),
+    (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_stages=3, scale_b=True), 2),
+    (GemmConfig(block_m=128, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=8, num_stages=3), 4),
     (GemmConfig(block_m=4, block_n=32, block_k=128, kernel="fma"), 4),
 ]
 for cfg, bits in cfgs:
@@ -34,4 +36,4 @@ def test_representative_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 3
+    assert proc.stdout.count("compiled") == 5

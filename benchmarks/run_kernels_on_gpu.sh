@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The kernel benchmark and GPU kernel tests on a GPU machine that has torch + Triton but not this
+# project installed (the lent device): installs the Humming wheel from .whl/kernels (fetch it first,
+# see docs/benchmarks-kernels.md), maps the source folders into the dedicated.* namespace, fills the
+# compile caches in parallel, runs the GPU kernel tests, then the benchmark.
+# Usage: bash benchmarks/run_kernels_on_gpu.sh OUT_DIR [extra bench_kernels.py arguments]
+set -euo pipefail
+out=${1:?usage: run_kernels_on_gpu.sh OUT_DIR [bench args]}
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out" /tmp/ns/dedicated
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$root"/.whl/kernels/*.whl
+for pkg in kernels quantize_job; do ln -sfn "$root/$pkg" "/tmp/ns/dedicated/$pkg"; done
+export PYTHONPATH=/tmp/ns:/tmp/site TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+start=$(date +%s)
+python3 "$root/benchmarks/bench_kernels.py" --warm-only --sweep "$@" > "$out/warm.log" 2>&1 || true
+echo "[gpu] compile caches filled in $(( $(date +%s) - start ))s"
+( cd "$root" && python3 -m pytest tests/gpu/test_kernels_gpu.py -q -p no:cacheprovider -p no:xdist ) \
+    > "$out/gpu-tests.log" 2>&1 || echo "[gpu] kernel tests FAILED (see gpu-tests.log)"
+tail -3 "$out/gpu-tests.log"
+echo "[gpu] tests done at $(( $(date +%s) - start ))s"
+python3 "$root/benchmarks/bench_kernels.py" --sweep --workers 0 --out "$out" "$@" > "$out/bench.log" 2>&1
+echo "[gpu] benchmark done at $(( $(date +%s) - start ))s"
+tail -45 "$out/bench.log"
