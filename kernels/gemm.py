@@ -13,12 +13,20 @@ and the few tokens of a decode step sit on its narrow N side (16) instead of was
 the bf16-dequantized weight a torch reference would use), so the accumulator chains through the
 K loop without a per-tile wait on the tensor cores.
 
+The unpack ``mode`` decides how packed words become the MMA's weight operand. Modes 0 and 1 build
+the whole ``[BLOCK_N, BLOCK_K]`` bf16 tile, which Triton then stores to shared memory and reloads
+in the MMA layout. Mode 2 (:func:`_pair_register_loop`, the default since the third GPU run)
+builds each operand register directly from a pair of fields and issues one MMA per pair: about
+2.5x fewer instructions per weight and 1.3-1.6x faster decode on an H100
+(docs/benchmarks-kernels.md).
+
 ``kernel="fma"`` is a second kernel for decode (one to a few tokens per expert): no tensor cores,
 no shared-memory round trip. Each field of a word becomes the fp32 ``1 + v / 2**bits`` with one
 shift and one mask-or (its bits placed at the top of the mantissa: exact), is multiplied by its
 scale and fused-multiply-added into a per-element accumulator; the bias ``2**bits + offset`` is
 removed once per output from the activations' sum. Two integer operations per weight, the floor
-for a CUDA-core dequantizing GEMV.
+for a CUDA-core dequantizing GEMV; timed on the H100 it lost to the tensor-core kernel at every
+shape, so no table uses it.
 """
 
 from __future__ import annotations
@@ -62,9 +70,13 @@ class GemmConfig:
         if self.permute_a and (self.mode != 2 or self.kernel != "mma"):
             raise ValueError("permute_a only applies to unpack mode 2")
 
-    def for_group(self, group_size: int) -> "GemmConfig":
-        """Clamp the K tile so it never straddles a scale group."""
-        return self if self.block_k <= group_size else replace(self, block_k=group_size)
+    def for_group(self, group_size: int, bits: int) -> "GemmConfig":
+        """Clamp the K tile so it never straddles a scale group; a pair-register config (mode 2)
+        whose clamped tile is too short for a 16-deep pair MMA falls back to the interleave unpack."""
+        cfg = self if self.block_k <= group_size else replace(self, block_k=group_size)
+        if cfg.kernel == "mma" and cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
+            cfg = replace(cfg, mode=0, permute_a=False)
+        return cfg
 
     def short(self) -> str:
         if self.kernel == "fma":
@@ -340,12 +352,16 @@ def permute_pair_columns(x: torch.Tensor, bits: int, block_k: int) -> torch.Tens
 
 
 def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
-    """Small M: swapped GEMV-like tiles; large M: tensor-core tiles (the MoE sweep's winners)."""
+    """Swapped pair-register tiles at every size (the MoE sweep's winners, kernels/configs.py):
+    16 tokens per tile for decode, 64-128 with reordered activation columns for prefill."""
     if m <= 32:
-        return GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, num_warps=4, num_stages=3, scale_b=True)
+        return GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
+                          scale_b=True)
     if m <= 2048:
-        return GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, num_warps=4, num_stages=4, scale_b=True)
-    return GemmConfig(block_m=128, block_n=128, block_k=64, swap_ab=False, num_warps=8, num_stages=3, scale_b=True)
+        return GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
+                          scale_b=True, permute_a=True)
+    return GemmConfig(block_m=128, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=8, num_stages=3,
+                      scale_b=True, permute_a=True)
 
 
 def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
@@ -376,7 +392,7 @@ def dequant_gemm(
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]
-    cfg = (config or default_dense_config(m, n, k, bits)).for_group(group_size)
+    cfg = (config or default_dense_config(m, n, k, bits)).for_group(group_size, bits)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:

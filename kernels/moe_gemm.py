@@ -134,7 +134,7 @@ def moe_gemm(
         raise ValueError(
             f"activations have {x.shape[0]} rows; expected {routing.num_tokens} (tokens) or {pairs} (pairs)"
         )
-    cfg = (config or GemmConfig(block_m=routing.block_m)).for_group(group_size)
+    cfg = (config or GemmConfig(block_m=routing.block_m)).for_group(group_size, bits)
     if cfg.block_m != routing.block_m:
         raise ValueError(f"config.block_m={cfg.block_m} but routing was aligned to {routing.block_m}")
     if topk_weights is not None:
