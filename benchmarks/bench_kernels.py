@@ -202,7 +202,26 @@ def bytes_moved(m: int, kind: str, bits: int, active: float) -> float:
 # ----------------------------------------------------------------------------------------- candidates
 
 
-def candidates(m: int):
+def config_name(cfg, pair_ordered: bool) -> str:
+    return cfg.short() + ("+po" if pair_ordered else "")
+
+
+def candidates(m: int) -> list:
+    """(config, weights pair-ordered?) pairs the sweep tries: every config of
+    :func:`candidate_configs` on the checkpoint layout, and each mode-2 one whose K tile is the
+    pair-ordered layout's also on weights re-laid once into that layout (``+po``)."""
+    out = [(c, False) for c in candidate_configs(m)]
+    seen = set()
+    for c in candidate_configs(m):
+        if c.kernel == "mma" and c.mode == 2 and c.swap_ab and c.block_k == 128:
+            base = dataclasses.replace(c, permute_a=False)  # with ordered weights the gather is not needed
+            if base not in seen:
+                seen.add(base)
+                out.append((base, True))
+    return out
+
+
+def candidate_configs(m: int):
     """Launch configs the sweep tries: the pair-register unpack (mode 2) in every tile shape that
     fits, beside run 2's winners with the interleave unpack (mode 0) as the baseline of this run.
     Run 1 showed mode 1 losing everywhere; run 2's CUDA-core kernel is tried at decode only."""
@@ -249,6 +268,7 @@ def _compile_one(job):
         from dedicated.kernels.gemm import GemmConfig
         from dedicated.kernels.moe_gemm import moe_align, moe_gemm
 
+        po = cfg_dict.pop("pair_ordered", False)
         cfg = GemmConfig(**cfg_dict)
         n, k = SHAPES[kind]
         packed = torch.zeros(E, n, k * bits // 32, dtype=torch.int32, device=DEVICE)
@@ -257,7 +277,7 @@ def _compile_one(job):
         r = moe_align(ids, E, cfg.block_m)
         x = torch.zeros(1 if kind == "gate_up" else TOP_K, k, dtype=torch.bfloat16, device=DEVICE)
         tw = torch.ones(1, TOP_K, device=DEVICE) if kind == "down" else None
-        moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg)
+        moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg, pair_ordered=po)
         torch.cuda.synchronize()
         return None
     except Exception as exc:  # noqa: BLE001
@@ -374,12 +394,14 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
 
     from dedicated.kernels.dequant import dequantize
     from dedicated.kernels.moe_gemm import default_moe_config, moe_align, moe_gemm
+    from dedicated.kernels.pair_order import to_pair_order
 
     for bits in args.bits:
         for kind, (n, k) in SHAPES.items():
             log(f"== {bits}-bit {kind}: N={n} K={k}")
             packed, scales = random_packed(n, k, bits, seed=bits * 10 + len(kind))
             w_t = dequantize(packed, scales, bits, GROUP).transpose(1, 2)  # [E, K, N] column-major view
+            packed_po = to_pair_order(packed, bits)  # re-laid once, outside timing (as Humming's transform())
             hum = None
             if not args.skip_humming:
                 try:
@@ -408,11 +430,13 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                         aligned[bm] = [moe_align(ids, E, bm) for ids, _ in routes]
                     return aligned[bm]
 
-                def mine_calls(cfg):
+                def mine_calls(cfg, po=False):
+                    w = packed_po if po else packed
                     calls = []
                     for i, r in enumerate(routing_for(cfg.block_m)):
                         tw = routes[i][1] if kind == "down" else None
-                        calls.append(lambda r=r, tw=tw, o=outs[i]: moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg, out=o))
+                        calls.append(lambda r=r, tw=tw, o=outs[i]: moe_gemm(x, w, scales, r, bits, GROUP, topk_weights=tw,
+                                                                            config=cfg, out=o, pair_ordered=po))
                     return calls
 
                 # reference for correctness: bf16 torch on the dequantized weights
@@ -425,11 +449,12 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                     return ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
 
                 default_cfg = default_moe_config(m, TOP_K, E, n, k, bits)
-                tried = [default_cfg] + ([c for c in candidates(m) if c != default_cfg] if args.sweep else [])
+                tried = [(default_cfg, False)] + ([c for c in candidates(m) if c != (default_cfg, False)] if args.sweep else [])
                 best = None
-                for cfg in tried:
+                for cfg, po in tried:
+                    name = config_name(cfg, po)
                     try:
-                        calls = mine_calls(cfg)
+                        calls = mine_calls(cfg, po)
                         outs[0].fill_(float("nan"))  # a config that writes nothing must not pass
                         calls[0]()
                         err = check(outs[0])
@@ -437,27 +462,27 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                             raise RuntimeError(f"wrong result, rel. error {err:.2e}")
                         t, _ = time_calls(calls, replays=10)
                     except Exception as exc:  # noqa: BLE001
-                        sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": cfg.short(), "error": str(exc)[:200]})
-                        log(f"  {cfg.short()} rejected: {str(exc)[:200]}")
+                        sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": name, "error": str(exc)[:200]})
+                        log(f"  {name} rejected: {str(exc)[:200]}")
                         continue
-                    sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": cfg.short(), "us": t * 1e6,
-                                       "err": err, "cfg": dataclasses.asdict(cfg)})
-                    if cfg == default_cfg:
-                        row["default_config"], row["default_us"] = cfg.short(), t * 1e6
+                    sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": name, "us": t * 1e6,
+                                       "err": err, "cfg": dataclasses.asdict(cfg), "pair_ordered": po})
+                    if (cfg, po) == (default_cfg, False):
+                        row["default_config"], row["default_us"] = name, t * 1e6
                     if best is None or t < best[0]:
-                        best = (t, cfg, err)
+                        best = (t, cfg, err, po)
                 if best is None:
                     log(f"  no working config at M={m}; row skipped")
                     continue
-                cfg = best[1]
-                calls = mine_calls(cfg)
+                cfg, po = best[1], best[3]
+                calls = mine_calls(cfg, po)
                 calls[0]()
-                row["mine_config"] = cfg.short()
-                row["mine_cfg"] = dataclasses.asdict(cfg)
+                row["mine_config"] = config_name(cfg, po)
+                row["mine_cfg"] = dict(dataclasses.asdict(cfg), pair_ordered=po)
                 row["mine_err_vs_bf16"] = check(outs[0])
                 t, mode = time_calls(calls)
                 row["mine_us"], row["mine_timing"] = t * 1e6, mode
-                log(f"  M={m}: best {cfg.short()} {t * 1e6:.1f}us (default {row.get('default_config')} "
+                log(f"  M={m}: best {config_name(cfg, po)} {t * 1e6:.1f}us (default {row.get('default_config')} "
                     f"{row.get('default_us', float('nan')):.1f}us)")
 
                 if hum is not None:
@@ -732,8 +757,8 @@ def main() -> int:
             for kind, (n, k) in SHAPES.items():
                 for m in args.tokens:
                     cfgs = list(candidates(m)) if args.sweep else []
-                    cfgs.append(default_moe_config(m, TOP_K, E, n, k, bits))
-                    jobs += [(bits, kind, dataclasses.asdict(c)) for c in cfgs]
+                    cfgs.append((default_moe_config(m, TOP_K, E, n, k, bits), False))
+                    jobs += [(bits, kind, dict(dataclasses.asdict(c), pair_ordered=po)) for c, po in cfgs]
         meta["compile_errors"] = list(precompile(jobs, args.workers).values())
     if args.warm_only:
         if warm_thread is not None:

@@ -26,8 +26,9 @@ _POINTERS = {"a_ptr": "*bf16", "c_ptr": "*bf16", "rw_ptr": "*fp32", "w_ptr": "*i
              "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32"}
 
 
-def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90):
-    """Compile one MoE launch (``kind``: "gate_up" reads token rows, "down" pair rows + weights)."""
+def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, pair_ordered: bool = False):
+    """Compile one MoE launch (``kind``: "gate_up" reads token rows, "down" pair rows + weights;
+    ``pair_ordered``: weights in :mod:`dedicated.kernels.pair_order`'s layout)."""
     fn = dq_fma_kernel if cfg.kernel == "fma" else dq_gemm_kernel
     constexprs = dict(
         BITS=bits, GROUP=128, OFFSET=1 << (bits - 1), IS_MOE=True, A_ROW_DIV=8 if kind == "gate_up" else 1,
@@ -36,7 +37,7 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90):
     constexprs.update(stride_ak=1, stride_cn=1)  # a launch specialises unit strides into constants
     if cfg.kernel != "fma":
         constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b,
-                          A_PERMUTED=cfg.permute_a)
+                          A_PERMUTED=cfg.permute_a or pair_ordered)
     signature = {}
     for name in fn.arg_names:
         signature[name] = "constexpr" if name in constexprs else _POINTERS.get(name, "i32")

@@ -68,8 +68,11 @@ TUNED: dict[tuple[int, int, int], Table] = {
 }
 
 
-def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int) -> GemmConfig:
+def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool = False) -> GemmConfig:
+    """The table's config for this size; for pair-ordered weights only mode-2 entries qualify."""
     table = TUNED.get((bits, n, k), GENERIC)
+    if pair_ordered:
+        table = [(bound, cfg) for bound, cfg in table if cfg.mode == 2 and cfg.block_k == 128]
     for bound, cfg in table:
         if avg_tokens_per_expert <= bound:
             return cfg

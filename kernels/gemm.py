@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
+from dedicated.kernels.pair_order import PAIR_TILE_K
 from dedicated.kernels.unpack import is_interpreted, mma, mma_acc, pair_fields, tile_k_order, unpack_biased
 
 
@@ -200,8 +201,10 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am
     after the product through the activations' sum and the scale is applied in fp32 per K tile.
     The activation columns of a pair are strided (``PW`` apart): fine for a few decode rows, but
     for prefill tiles they cost an element-wise load and shared-memory store each, so with
-    ``A_PERMUTED`` the caller has reordered the columns (:func:`permute_pair_columns`) and pair
-    ``i`` reads the contiguous columns ``[i * 2 * WC, (i + 1) * 2 * WC)`` of each K tile.
+    ``A_PERMUTED`` pair ``i`` reads the contiguous columns ``[i * 2 * WC, (i + 1) * 2 * WC)`` of each
+    K tile: either the caller reordered the activation columns (:func:`permute_pair_columns`, one
+    gather per call) or the weights were re-laid once into pair order
+    (:mod:`dedicated.kernels.pair_order`) and natural activations already match.
     """
     PW: tl.constexpr = 32 // BITS
     HALF: tl.constexpr = PW // 2
@@ -312,7 +315,7 @@ def dq_fma_kernel(
 
 def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert_ids, npad,
            m, n, k, num_valid, num_pid_m, w_strides, s_strides, bits, group, offset,
-           is_moe, row_div, mul_routed) -> None:
+           is_moe, row_div, mul_routed, pair_ordered: bool = False) -> None:
     """One launch of the chosen kernel; shared by the dense and the MoE entry points."""
     common = dict(
         BITS=bits, GROUP=group, OFFSET=offset, IS_MOE=is_moe, A_ROW_DIV=row_div, MUL_ROUTED=mul_routed,
@@ -328,7 +331,28 @@ def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert
     if cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits (a pair MMA takes 16 K)")
     dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
-                         A_PERMUTED=cfg.permute_a, UPCAST=is_interpreted(dq_gemm_kernel), **common)
+                         A_PERMUTED=cfg.permute_a or pair_ordered, UPCAST=is_interpreted(dq_gemm_kernel), **common)
+
+
+def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool) -> GemmConfig:
+    """The config a launch really uses, and a clear error where it cannot read the weights' layout."""
+    cfg = cfg.for_group(group_size, bits)
+    if pair_ordered:
+        if group_size % PAIR_TILE_K:
+            raise ValueError(f"pair-ordered weights need a scale group that is a multiple of {PAIR_TILE_K}, "
+                             f"got {group_size}")
+        if cfg.kernel != "mma" or cfg.mode != 2 or cfg.block_k != PAIR_TILE_K:
+            raise ValueError(f"pair-ordered weights are read by unpack mode 2 with block_k={PAIR_TILE_K} only, "
+                             f"got {cfg.short()}")
+    return cfg
+
+
+def prepare_activations(x: torch.Tensor, cfg: GemmConfig, bits: int, pair_ordered: bool) -> torch.Tensor:
+    """Reorder the activation columns when the config asks for it and the weights are not already
+    in pair order (then natural columns are what the kernel wants)."""
+    if cfg.permute_a and not pair_ordered:
+        return permute_pair_columns(x, bits, cfg.block_k)
+    return x
 
 
 def permute_pair_columns(x: torch.Tensor, bits: int, block_k: int) -> torch.Tensor:
@@ -384,24 +408,27 @@ def dequant_gemm(
     offset: int | None = None,
     config: GemmConfig | None = None,
     out: torch.Tensor | None = None,
+    pair_ordered: bool = False,
 ) -> torch.Tensor:
-    """``x @ dequantize(packed, scales).T`` for a dense layer, never materialising the weight."""
+    """``x @ dequantize(packed, scales).T`` for a dense layer, never materialising the weight.
+
+    ``pair_ordered``: ``packed`` is in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
+    """
     if packed.dim() != 2:
         raise ValueError(f"dense packed weight must be [N, K*bits/32], got {tuple(packed.shape)}")
     n, k = check_packed(packed, scales, bits, group_size)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]
-    cfg = (config or default_dense_config(m, n, k, bits)).for_group(group_size, bits)
+    cfg = resolve_config(config or default_dense_config(m, n, k, bits), group_size, bits, pair_ordered)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
-    if cfg.permute_a:
-        x = permute_pair_columns(x, bits, cfg.block_k)
+    x = prepare_activations(x, cfg, bits, pair_ordered)
     num_pid_m = triton.cdiv(m, cfg.block_m)
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     launch(cfg, grid, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
            (0, packed.stride(0)), (0, scales.stride(0)), bits, group_size, off,
-           is_moe=False, row_div=1, mul_routed=False)
+           is_moe=False, row_div=1, mul_routed=False, pair_ordered=pair_ordered)
     return out

@@ -21,7 +21,7 @@ import torch
 import triton
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.gemm import GemmConfig, check_activations, launch, permute_pair_columns
+from dedicated.kernels.gemm import GemmConfig, check_activations, launch, prepare_activations, resolve_config
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,12 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERout
     )
 
 
-def default_moe_config(num_tokens: int, top_k: int, num_experts: int, n: int, k: int, bits: int) -> GemmConfig:
+def default_moe_config(num_tokens: int, top_k: int, num_experts: int, n: int, k: int, bits: int,
+                       pair_ordered: bool = False) -> GemmConfig:
     """Config by average tokens per expert (tuned on an H100; see docs/benchmarks-kernels.md)."""
     from dedicated.kernels.configs import moe_config
 
-    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits)
+    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits, pair_ordered)
 
 
 def moe_gemm(
@@ -110,12 +111,14 @@ def moe_gemm(
     topk_weights: torch.Tensor | None = None,
     config: GemmConfig | None = None,
     out: torch.Tensor | None = None,
+    pair_ordered: bool = False,
 ) -> torch.Tensor:
     """Per (token, expert) pair: ``x_row @ dequantize(W[expert]).T``, output ``[M * top_k, N]``.
 
     ``x`` is ``[M, K]`` (each token feeds its ``top_k`` experts: gate/up) or ``[M * top_k, K]``
     (one row per pair: down). ``topk_weights`` ``[M, top_k]``, if given, scales each output row by
-    its routing weight. ``config.block_m`` must equal ``routing.block_m``.
+    its routing weight. ``config.block_m`` must equal ``routing.block_m``. ``pair_ordered``: the
+    weights are in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
     """
     if packed.dim() != 3:
         raise ValueError(f"MoE packed weights must be [E, N, K*bits/32], got {tuple(packed.shape)}")
@@ -134,7 +137,7 @@ def moe_gemm(
         raise ValueError(
             f"activations have {x.shape[0]} rows; expected {routing.num_tokens} (tokens) or {pairs} (pairs)"
         )
-    cfg = (config or GemmConfig(block_m=routing.block_m)).for_group(group_size, bits)
+    cfg = resolve_config(config or GemmConfig(block_m=routing.block_m), group_size, bits, pair_ordered)
     if cfg.block_m != routing.block_m:
         raise ValueError(f"config.block_m={cfg.block_m} but routing was aligned to {routing.block_m}")
     if topk_weights is not None:
@@ -145,15 +148,14 @@ def moe_gemm(
         out = torch.empty((pairs, n), dtype=x.dtype, device=x.device)
     if pairs == 0 or n == 0:
         return out
-    if cfg.permute_a:
-        x = permute_pair_columns(x, bits, cfg.block_k)
+    x = prepare_activations(x, cfg, bits, pair_ordered)
     num_pid_m = routing.max_blocks
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     rw = topk_weights if topk_weights is not None else x
     launch(cfg, grid, x, packed, scales, out, rw, routing.sorted_ids, routing.expert_ids, routing.num_padded,
            routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), packed.stride(1)),
            (scales.stride(0), scales.stride(1)), bits, group_size, off,
-           is_moe=True, row_div=row_div, mul_routed=topk_weights is not None)
+           is_moe=True, row_div=row_div, mul_routed=topk_weights is not None, pair_ordered=pair_ordered)
     return out
 
 
@@ -176,17 +178,19 @@ def fused_moe(
     offset: int | None = None,
     gate_up_config: GemmConfig | None = None,
     down_config: GemmConfig | None = None,
+    pair_ordered: bool = False,
 ) -> torch.Tensor:
     """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum."""
     m, top_k = topk_ids.shape
     e = w13.shape[0]
     n13 = w13.shape[1]
     k = x.shape[1]
-    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits)
-    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[1], n13 // 2, bits)
+    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered)
+    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[1], n13 // 2, bits, pair_ordered)
     r13 = moe_align(topk_ids, e, cfg13.block_m)
     r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
-    h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13)
+    h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered)
     a = silu_and_mul(h)
-    y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2)
+    y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2,
+                 pair_ordered=pair_ordered)
     return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)

@@ -169,6 +169,29 @@ def test_every_tuned_moe_config_is_correct(experts, cfg):
     assert rel_err(got, want) < 1e-4
 
 
+@pytest.mark.parametrize("m", [1, 8, 128, 2048])
+def test_pair_ordered_weights_at_real_shapes(experts, m):
+    """Weights re-laid once into pair order give the checkpoint layout's result with every
+    default (mode-2) config the tables pick for them."""
+    from dedicated.kernels.moe_gemm import default_moe_config
+    from dedicated.kernels.pair_order import from_pair_order, to_pair_order
+
+    bits, w13, s13, w2, s2 = experts
+    ids, weights = route(m, seed=100 + m)
+    o13, o2 = to_pair_order(w13, bits), to_pair_order(w2, bits)
+    assert torch.equal(from_pair_order(o13, bits), w13)
+    for x, w, ordered, s, n, k, tw in ((torch.randn(m, HIDDEN, device=DEV), w13, o13, s13, 2 * INTER, HIDDEN, None),
+                                       (torch.randn(m * TOP_K, INTER, device=DEV), w2, o2, s2, HIDDEN, INTER, weights)):
+        x = x.to(torch.bfloat16)
+        cfg = default_moe_config(m, TOP_K, EXPERTS, n, k, bits, pair_ordered=True)
+        r = moe_align(ids, EXPERTS, cfg.block_m)
+        out = torch.full((m * TOP_K, n), float("nan"), device=DEV, dtype=torch.float32)
+        got = moe_gemm(x, ordered, s, r, bits, GROUP, topk_weights=tw, config=cfg, out=out, pair_ordered=True)
+        want = ref.moe_gemm_ref(x, w, s, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32,
+                                weight_dtype=weight_dtype(cfg))
+        assert rel_err(got, want) < 1e-4, cfg.short()
+
+
 def test_fused_moe_real_shapes(experts):
     bits, w13, s13, w2, s2 = experts
     m = 64

@@ -1,0 +1,76 @@
+"""The pair-ordered weight layout: packed words re-laid once at load so unpack mode 2 reads
+natural-order activations.
+
+Unpack mode 2 (:func:`dedicated.kernels.gemm._pair_register_loop`) turns fields ``i`` and
+``i + PW/2`` of each word into one MMA operand register. In the checkpoint's layout (LSB-first
+along K) those fields are ``PW/2`` columns apart, so each pair MMA needs activation columns spread
+``PW`` apart: on the GPU that is a 16-bit load, a shared-memory store, a fence and a barrier per
+pair, serialised with the MMA. Re-laying the words once — the way Humming's ``transform()`` does for
+its own kernel — so that within every 128-wide K tile pair ``i`` of word ``c`` holds K columns
+``i * 2 * WC + 2 * c`` and ``+ 1`` makes every pair's activation slice contiguous, and the kernel
+loads it with asynchronous copies and no per-pair fence.
+
+Codes and scales are unchanged; only the bit positions of codes inside the tile's words move. The
+layout is a property of the tensor: pass ``pair_ordered=True`` to the GEMMs along with such weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAIR_TILE_K = 128  # the K tile the layout is built for; mode-2 launches on it use block_k == 128
+
+
+def _tile_source(bits: int, device: torch.device) -> torch.Tensor:
+    """``src[c * PW + f]`` = the natural K column (within a tile) that word ``c`` field ``f`` holds."""
+    pw = 32 // bits
+    half, wc = pw // 2, PAIR_TILE_K // pw
+    c = torch.arange(wc, device=device).repeat_interleave(pw)
+    f = torch.arange(pw, device=device).repeat(wc)
+    return (f % half) * 2 * wc + 2 * c + f // half
+
+
+def _unpack_fields(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    pw, mask = 32 // bits, (1 << bits) - 1
+    shifts = torch.arange(pw, device=packed.device, dtype=torch.int64) * bits
+    return (packed.to(torch.int64).unsqueeze(-1) >> shifts) & mask  # [..., W, PW]
+
+
+def _pack_fields(fields: torch.Tensor, bits: int) -> torch.Tensor:
+    pw = 32 // bits
+    shifts = torch.arange(pw, device=fields.device, dtype=torch.int64) * bits
+    words = (fields << shifts).sum(dim=-1)
+    return (words - ((words >> 31) & 1) * (1 << 32)).to(torch.int32)  # wrap to signed int32
+
+
+def _check(packed: torch.Tensor, bits: int) -> None:
+    if bits not in (2, 4):
+        raise ValueError(f"the pair-ordered layout exists for 2- and 4-bit weights, not {bits}-bit")
+    if packed.dtype != torch.int32:
+        raise TypeError(f"packed weights must be int32, got {packed.dtype}")
+    k = packed.shape[-1] * (32 // bits)
+    if k % PAIR_TILE_K:
+        raise ValueError(f"K={k} is not a multiple of the layout's {PAIR_TILE_K}-wide tile")
+
+
+def to_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Checkpoint layout ``[..., N, K * bits / 32]`` -> pair-ordered words of the same shape."""
+    _check(packed, bits)
+    pw = 32 // bits
+    lead = packed.shape[:-1]
+    tiles = packed.shape[-1] * pw // PAIR_TILE_K
+    codes = _unpack_fields(packed, bits).reshape(*lead, tiles, PAIR_TILE_K)
+    moved = codes[..., _tile_source(bits, packed.device)]  # word c field f <- natural column src
+    return _pack_fields(moved.reshape(*lead, tiles * PAIR_TILE_K // pw, pw), bits).reshape(packed.shape)
+
+
+def from_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of :func:`to_pair_order` (for checks and for writing a checkpoint back)."""
+    _check(packed, bits)
+    pw = 32 // bits
+    lead = packed.shape[:-1]
+    tiles = packed.shape[-1] * pw // PAIR_TILE_K
+    moved = _unpack_fields(packed, bits).reshape(*lead, tiles, PAIR_TILE_K)
+    codes = torch.empty_like(moved)
+    codes[..., _tile_source(bits, packed.device)] = moved
+    return _pack_fields(codes.reshape(*lead, tiles * PAIR_TILE_K // pw, pw), bits).reshape(packed.shape)
