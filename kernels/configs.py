@@ -1,9 +1,10 @@
 """Launch configurations for the MoE dequant-GEMM, by shape and average tokens per expert.
 
 The tables are the winners of ``python benchmarks/bench_kernels.py --sweep`` on the GPU machine
-(an H100; see docs/benchmarks-kernels.md for the run). ``kernel="fma"`` configs are in no table:
-timed in run 3, the CUDA-core kernel lost every shape (1.3-15x slower than the best). A lookup table rather than
-``triton.autotune`` so that serving and validation never pay for benchmarking at first call and
+(an H100; see docs/benchmarks-kernels.md for the runs). ``kernel="fma"`` configs are in no
+table: timed in run 3, the CUDA-core kernel lost every shape (1.3-15x slower than the best).
+Weights in the pair-ordered layout (:mod:`dedicated.kernels.pair_order`) have tables of their
+own. A lookup table rather than ``triton.autotune`` so that serving and validation never pay for benchmarking at first call and
 every launch is reproducible. Shapes without a tuned table use the generic rule, which is the
 shape-independent part of the same measurements.
 """
@@ -68,11 +69,57 @@ TUNED: dict[tuple[int, int, int], Table] = {
 }
 
 
+def _po(bm, bn, warps, stages, scale_b) -> GemmConfig:
+    """Mode 2 on pair-ordered weights: activations already match, so never the column gather."""
+    return _mma(bm, bn, 128, True, warps, stages, scale_b=scale_b, mode=2)
+
+
+# Winners of the fourth H100 run for weights re-laid into pair order (dedicated.kernels.pair_order).
+# Here the unscaled variant (bias removed through the activation sum, scale per K tile) wins most
+# 4-bit decode sizes and the folded one the rest; 1.1-1.6x faster than the checkpoint layout.
+GENERIC_PAIR_ORDERED: Table = [
+    (4.0, _po(16, 128, 4, 3, True)),
+    (64.0, _po(64, 128, 4, 3, True)),
+    (INF, _po(128, 128, 8, 3, True)),
+]
+
+TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
+    (2, 1024, 2048): [
+        (0.1, _po(16, 64, 4, 3, True)),
+        (0.5, _po(16, 128, 4, 3, True)),
+        (1.0, _po(16, 128, 4, 3, False)),
+        (4.0, _po(16, 128, 4, 3, True)),
+        (INF, _po(128, 128, 8, 3, True)),
+    ],
+    (4, 1024, 2048): [
+        (0.1, _po(16, 64, 4, 4, False)),
+        (0.5, _po(16, 128, 4, 3, False)),
+        (1.0, _po(16, 128, 4, 4, False)),
+        (4.0, _po(16, 128, 4, 3, False)),
+        (INF, _po(128, 128, 8, 3, True)),
+    ],
+    (2, 2048, 512): [
+        (0.1, _po(16, 64, 4, 3, True)),
+        (4.0, _po(16, 128, 4, 3, True)),
+        (64.0, _po(64, 128, 4, 3, True)),
+        (INF, _po(128, 256, 8, 3, True)),
+    ],
+    (4, 2048, 512): [
+        (0.1, _po(16, 64, 4, 3, False)),
+        (0.5, _po(16, 128, 4, 3, False)),
+        (4.0, _po(16, 128, 4, 4, False)),
+        (64.0, _po(64, 128, 4, 3, True)),
+        (INF, _po(128, 256, 8, 3, True)),
+    ],
+}
+
+
 def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool = False) -> GemmConfig:
-    """The table's config for this size; for pair-ordered weights only mode-2 entries qualify."""
-    table = TUNED.get((bits, n, k), GENERIC)
+    """The tuned config for this size and weight layout (the generic rule for untuned shapes)."""
     if pair_ordered:
-        table = [(bound, cfg) for bound, cfg in table if cfg.mode == 2 and cfg.block_k == 128]
+        table = TUNED_PAIR_ORDERED.get((bits, n, k), GENERIC_PAIR_ORDERED)
+    else:
+        table = TUNED.get((bits, n, k), GENERIC)
     for bound, cfg in table:
         if avg_tokens_per_expert <= bound:
             return cfg
@@ -80,9 +127,10 @@ def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ord
 
 
 def all_configs() -> list[GemmConfig]:
-    """Every distinct config the tables can return (the GPU tests check each one)."""
+    """Every distinct config the tables can return (the GPU tests check each one, on the checkpoint
+    layout; pair-ordered weights are checked through the defaults)."""
     seen: dict[GemmConfig, None] = {}
-    for table in (GENERIC, *TUNED.values()):
+    for table in (GENERIC, *TUNED.values(), GENERIC_PAIR_ORDERED, *TUNED_PAIR_ORDERED.values()):
         for _, cfg in table:
             seen[cfg] = None
     return list(seen)

@@ -375,17 +375,15 @@ def permute_pair_columns(x: torch.Tensor, bits: int, block_k: int) -> torch.Tens
     return x.index_select(1, index)
 
 
-def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
+def default_dense_config(m: int, n: int, k: int, bits: int, pair_ordered: bool = False) -> GemmConfig:
     """Swapped pair-register tiles at every size (the MoE sweep's winners, kernels/configs.py):
-    16 tokens per tile for decode, 64-128 with reordered activation columns for prefill."""
+    16 tokens per tile for decode, 64-128 with reordered activation columns for prefill (not
+    needed when the weights are pair-ordered)."""
     if m <= 32:
         return GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
                           scale_b=True)
-    if m <= 2048:
-        return GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
-                          scale_b=True, permute_a=True)
-    return GemmConfig(block_m=128, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=8, num_stages=3,
-                      scale_b=True, permute_a=True)
+    return GemmConfig(block_m=64 if m <= 2048 else 128, block_n=128, block_k=128, swap_ab=True, mode=2,
+                      num_warps=4 if m <= 2048 else 8, num_stages=3, scale_b=True, permute_a=not pair_ordered)
 
 
 def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
@@ -420,7 +418,7 @@ def dequant_gemm(
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]
-    cfg = resolve_config(config or default_dense_config(m, n, k, bits), group_size, bits, pair_ordered)
+    cfg = resolve_config(config or default_dense_config(m, n, k, bits, pair_ordered), group_size, bits, pair_ordered)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
