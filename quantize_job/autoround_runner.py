@@ -8,18 +8,22 @@ modules of that list the model actually has), and saves ``auto_round:auto_gptq``
 ``<layer>.linear_attn.in_proj_ba``: vLLM fuses ``in_proj_a``/``in_proj_b`` into that module, and
 without the entry tensor-parallel serving (TP >= 2) tries to shard it for Marlin and fails.
 
+With a ``resume_dir`` the run resumes per decoder block after a kill, byte for byte
+(:mod:`dedicated.quantize_job.autoround_resume`); the checkpoint then has one shard per block.
+
 ``dequantize_autogptq_checkpoint`` reads such a checkpoint back to dense weights, so the quality
 benchmark and the Job's validation measure what was actually saved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -47,6 +51,7 @@ class AutoRoundResult:
     in_proj_ba: list[str]
     seconds: float
     settings: dict = field(default_factory=dict)
+    restored_blocks: int = 0  # blocks a resumed run took from its resume dir instead of tuning
 
 
 def keep_bf16_modules(model: nn.Module, patterns: Iterable[str] = KEEP_BF16_PATTERNS) -> list[str]:
@@ -115,11 +120,21 @@ def run_autoround(
     seed: int = 42,
     low_gpu_mem_usage: bool = False,
     lr: float | None = None,
+    resume_dir: Path | str | None = None,
+    resume_key: str = "",
+    on_resume: Callable[[int], None] | None = None,
 ) -> AutoRoundResult:
     """Quantize ``model`` with auto-round W4A16 (sym, group 128) and save ``auto_round:auto_gptq``.
 
     ``calib_ids`` ``[N, T]`` are the calibration samples (N samples of T tokens), passed to
     auto-round as in-memory samples: nothing is fetched from the Hub.
+
+    With ``resume_dir``, every finished block is committed there (and its packed tensors to a shard
+    of ``output_dir``), and a rerun with the same inputs and ``resume_key`` continues at the first
+    block not committed and saves the same bytes as an uninterrupted run
+    (:mod:`dedicated.quantize_job.autoround_resume`); ``output_dir`` then belongs to this function
+    (anything in it that is not a committed shard is deleted). ``on_resume(n)`` is told how many
+    blocks were restored (0 when starting over) before the tuning starts.
     """
     from auto_round import AutoRound
 
@@ -142,12 +157,42 @@ def run_autoround(
         settings["lr"] = lr
     output_dir = Path(output_dir)
     start = time.time()
+    key = None if resume_dir is None else _resume_key(resume_key, model, calib_ids, layer_config, settings, device)
     ar = AutoRound(model, tokenizer, dataset=samples, layer_config=layer_config, device_map=device,
                    enable_torch_compile=False, low_gpu_mem_usage=low_gpu_mem_usage, **settings)
-    ar.quantize_and_save(str(output_dir), format=FORMAT)
+    restored = 0
+    if key is None:
+        ar.quantize_and_save(str(output_dir), format=FORMAT)
+    else:
+        from dedicated.quantize_job.autoround_resume import block_resume
+
+        with block_resume(resume_dir, output_dir, model, key) as restored:
+            if on_resume is not None:
+                on_resume(restored)
+            ar.quantize_and_save(str(output_dir), format=FORMAT)
     saved = _find_saved_dir(output_dir)
+    if resume_dir is not None:
+        from dedicated.quantize_job.autoround_resume import normalize_index
+
+        normalize_index(saved)
     added = add_in_proj_ba_entries(saved, module_names)
-    return AutoRoundResult(saved, kept, added, time.time() - start, settings)
+    return AutoRoundResult(saved, kept, added, time.time() - start, settings, restored)
+
+
+def _resume_key(extra: str, model: nn.Module, calib_ids: torch.Tensor, layer_config: dict, settings: dict,
+                device) -> str:
+    """What a committed block depends on besides the model's weights (the caller's ``extra`` covers
+    those, e.g. the Job's config fingerprint with the model revision)."""
+    import auto_round
+    import transformers
+
+    tokens = calib_ids.detach().cpu().contiguous()
+    blob = {"extra": extra, "settings": settings, "layerConfig": sorted(layer_config), "format": FORMAT,
+            "device": str(device), "model": getattr(model.config, "_name_or_path", None),
+            "config": model.config.to_dict(), "tokens": [str(tokens.dtype), list(tokens.shape),
+                                                         hashlib.sha256(tokens.numpy().tobytes()).hexdigest()],
+            "versions": [auto_round.__version__, torch.__version__, transformers.__version__]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

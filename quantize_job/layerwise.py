@@ -28,7 +28,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ from dedicated.quantize_job.calibration import (
     run_layer,
     token_counts,
 )
+from dedicated.quantize_job.durable import replace_durably, sha256_file
 from dedicated.quantize_job.gptq import GPTQConfig, gptq, reconstruction_error
 from dedicated.quantize_job.gsq import GSQConfig, gsq
 from dedicated.quantize_job.qtensor import QuantizedWeight
@@ -187,42 +187,19 @@ def target_names(model: nn.Module, patterns: tuple[str, ...] = DEFAULT_EXPERT_PA
 # State directory
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    _atomic_replace(tmp, path)
-    return _sha256_file(path)
+    replace_durably(tmp, path)
+    return sha256_file(path)
 
 
 def _write_json(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    _atomic_replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def _load_verified(path: Path, sha: str) -> dict[str, torch.Tensor]:
@@ -230,7 +207,7 @@ def _load_verified(path: Path, sha: str) -> dict[str, torch.Tensor]:
 
     if not path.exists():
         raise StateMismatchError(f"{path} is listed in state.json but missing")
-    if _sha256_file(path) != sha:
+    if sha256_file(path) != sha:
         raise StateMismatchError(f"{path} does not match the checksum in state.json (corrupted or edited)")
     return load_file(str(path))
 

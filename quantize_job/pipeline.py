@@ -12,6 +12,8 @@ stopped and a changed spec never reuses stale layers::
       original.json          the base model's held-out perplexity
       layers/                the layer-by-layer engine's commits (state.json, layer_NNNN.safetensors,
                              inputs.safetensors): a rerun resumes after the last committed layer
+      autoround-resume/      AutoRound's block commits (autoround_resume); its shards are in
+      autoround-out/         auto-round's checkpoint; autoround.json marks it finished
       compressed-tensors/    GSQ's pack-quantized intermediate (kept only with keepIntermediate)
       validate-bf16/         the dequantized copy the load test reads (removed after validation)
 
@@ -519,12 +521,14 @@ def _autoround_block_progress(on_blocks: Callable[[int, int], None]):
 
 def _quantize_autoround(run: Run, state: JobState, fetched: FetchedModel, modules: list[str], text: TextData,
                         device: torch.device, dtype: torch.dtype, options: AutoRoundOptions) -> dict[str, Any]:
-    """auto-round W4A16 through the issue-6 runner.
+    """auto-round W4A16 through the issue-6 runner, resumable per decoder block.
 
-    Not resumable per layer: auto-round 0.16.1's own block resume (``AR_RESUME_DIR``) was measured
-    here to publish different codes for the blocks after the resume point and to leave the resumed
-    blocks' BF16 weights beside their ``qweight`` s, so it is not used. A killed AutoRound run starts
-    the quantization over (a finished one is not redone: ``autoround.json`` marks it).
+    Every finished block is committed to ``autoround-resume/`` (the chained block inputs and the RNG
+    states) and its packed tensors to a shard in ``autoround-out/``; a rerun of the same config
+    restores the committed blocks, tunes only the rest and saves the same bytes as an uninterrupted
+    run (``dedicated.quantize_job.autoround_resume``: auto-round 0.16.1's own ``AR_RESUME_DIR``
+    hook, with the RNG restore, the meta move of restored blocks and the atomic, checksummed commits
+    it lacks). A finished run is not redone: ``autoround.json`` marks it.
     """
     from dedicated.quantize_job.autoround_runner import run_autoround
     from dedicated.quantize_job.calibration import find_decoder_layers
@@ -533,37 +537,59 @@ def _quantize_autoround(run: Run, state: JobState, fetched: FetchedModel, module
     engine = "auto-round (dedicated.quantize_job.autoround_runner)"
     layout = read_layout(fetched.path)
     out = state.root / "autoround-out"
+    resume_dir = state.root / "autoround-resume"
     done = state.root / "autoround.json"
     if done.is_file() and (Path(json.loads(done.read_text())["outputDir"]) / "config.json").is_file():
         total = json.loads(done.read_text())["layers"]
         progress.set_total_layers(total)
         progress.resumed(total)
         return {"total": total, "computed": 0, "resumedFromLayer": total, "engine": engine}
-    shutil.rmtree(out, ignore_errors=True)  # a killed run's shards must not be mixed into this one
-    model = load_base_model_cpu(fetched.path, dtype)
+    from dedicated.quantize_job.autoround_resume import ResumeStateInvalid
+
     tokenizer = _tokenizer(fetched.path)
-    total = len(find_decoder_layers(model)[1])
-    progress.set_total_layers(total)
-    reported = {"n": 0}
+    reported = {"n": 0, "restored": 0, "total": 0}
+
+    def on_resume(restored: int) -> None:
+        reported["restored"] = restored
+        if restored:
+            progress.resumed(restored)
 
     def on_blocks(n: int, _total: int) -> None:
-        while reported["n"] < min(n, total):
-            progress.layer_done(reported["n"], total)
+        while reported["n"] < min(n, reported["total"]):
+            progress.layer_done(reported["n"], reported["total"], computed=reported["n"] >= reported["restored"])
             reported["n"] += 1
 
-    try:
-        with _autoround_block_progress(on_blocks):
-            result = run_autoround(model, tokenizer, text.calibration, out, iters=options.iters,
-                                   batch_size=options.batch_size, device=str(device), seed=options.seed,
-                                   lr=options.lr, keep_patterns=_autoround_keep_patterns(cfg, layout, modules),
-                                   low_gpu_mem_usage=device.type == "cuda")
-    finally:
-        del model
+    for attempt in (1, 2):
+        model = load_base_model_cpu(fetched.path, dtype)
+        reported.update(n=0, restored=0, total=len(find_decoder_layers(model)[1]))
+        progress.set_total_layers(reported["total"])
+        try:
+            with _autoround_block_progress(on_blocks):
+                result = run_autoround(model, tokenizer, text.calibration, out, iters=options.iters,
+                                       batch_size=options.batch_size, device=str(device), seed=options.seed,
+                                       lr=options.lr, keep_patterns=_autoround_keep_patterns(cfg, layout, modules),
+                                       low_gpu_mem_usage=device.type == "cuda", resume_dir=resume_dir,
+                                       resume_key=cfg.fingerprint(fetched.revision), on_resume=on_resume)
+            break
+        except ResumeStateInvalid as exc:
+            if attempt == 2:
+                raise StageFailed(f"auto-round block state: {exc}") from None
+            # The model is half-converted by auto-round by now: load it again and start over.
+            log.warning("discarding the auto-round block state (%s) and quantizing all blocks again", exc)
+            shutil.rmtree(resume_dir, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            progress.resumed_from_layer = None
+        finally:
+            del model
+    total = reported["total"]
     on_blocks(total, total)
+    restored = min(result.restored_blocks, total)
     write_json_atomic(done, {"outputDir": str(result.output_dir), "layers": total,
                              "keptBF16": result.kept_bf16, "inProjBa": result.in_proj_ba,
-                             "settings": dict(result.settings), "seconds": result.seconds})
-    return {"total": total, "computed": total, "resumedFromLayer": None, "engine": engine}
+                             "settings": dict(result.settings), "seconds": result.seconds,
+                             "restoredBlocks": restored})
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return {"total": total, "computed": total - restored, "resumedFromLayer": restored or None, "engine": engine}
 
 
 def _export_autoround(run: Run, state: JobState, fetched: FetchedModel, modules: list[str],

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dedicated.quantize_job.config import STATE_DIR_NAME, OutputConfig
+from dedicated.quantize_job.durable import fsync_path
 from dedicated.quantize_job.errors import ModelUnreachable, PublishFailed
 from dedicated.quantize_job.fetch import read_token
 
@@ -45,14 +46,6 @@ def _siblings(out_dir: Path, tag: str) -> list[Path]:
     if not out_dir.parent.is_dir():
         return []
     return sorted(p for p in out_dir.parent.iterdir() if p.name.startswith(f"{out_dir.name}.{tag}-"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover(out_dir: Path, *, keep_state: bool) -> None:
@@ -82,12 +75,12 @@ def swap_into_place(staging: Path, out_dir: Path, *, keep_state: bool) -> None:
         src = out_dir / run_file
         if src.exists() and not (staging / run_file).exists():
             shutil.copy2(src, staging / run_file)
-    _fsync_dir(staging)
+    fsync_path(staging)
     old = out_dir.with_name(f"{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
     if out_dir.exists():
         os.rename(out_dir, old)
     os.rename(staging, out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_path(out_dir.parent)
     if old.exists():
         _move_state(old, out_dir, keep=keep_state)
         shutil.rmtree(old, ignore_errors=True)

@@ -23,6 +23,7 @@ import torch
 
 from dedicated.quantize_job import compressed_tensors_io as ct
 from dedicated.quantize_job.bitpack import SUPPORTED_BITS
+from dedicated.quantize_job.durable import fsync_path
 from dedicated.quantize_job.humming import ignore as ignore_rules
 from dedicated.quantize_job.humming.format import (
     DEFAULT_IGNORE,
@@ -146,7 +147,7 @@ def repack_checkpoint(
         _write_json(tmp / CONFIG, config)
         _copy_other_files(src, tmp, {shard.path.name for shard in shards})
         os.rename(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_path(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -319,9 +320,3 @@ def _copy_other_files(src: Path, dst: Path, shard_names: set[str]) -> None:
             shutil.copy2(entry, dst / entry.name)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
