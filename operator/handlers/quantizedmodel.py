@@ -68,7 +68,13 @@ def _base_profile(ctx: OperatorContext, namespace: str, spec: QuantizedModelSpec
 
 
 def _delete_old_generations(ctx: OperatorContext, namespace: str, name: str, uid: str, generation: int) -> None:
-    """Jobs (and their ConfigMap/RBAC) of earlier generations: superseded by a spec change."""
+    """Jobs (and their ConfigMap/RBAC) of earlier generations: superseded by a spec change.
+
+    The old Job is what this pass finds, so it is deleted *last*: an operator killed half-way leaves
+    the Job in place and the next pass deletes the rest again (404s are fine). Deleting the Job
+    first leaked its ConfigMap and RBAC for good when the kill came between (seen in the random
+    operator-kill test).
+    """
     selector = f"{QM_LABEL}={label_value(name)},{GENERATION_LABEL}!={generation}"
     for job in ctx.kube.list(JOBS, namespace, label_selector=selector):
         refs = job["metadata"].get("ownerReferences") or []
@@ -76,9 +82,9 @@ def _delete_old_generations(ctx: OperatorContext, namespace: str, name: str, uid
             continue
         old = job["metadata"]["name"]
         log.info("QuantizedModel %s/%s: deleting Job %s of an earlier generation", namespace, name, old)
-        ctx.kube.delete(JOBS, namespace, old, propagation="Background")
         for res in (CONFIGMAPS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS):
             ctx.kube.delete(res, namespace, old)
+        ctx.kube.delete(JOBS, namespace, old, propagation="Background")
 
 
 def reconcile_quantizedmodel(ctx: OperatorContext, namespace: str, name: str) -> float | None:
