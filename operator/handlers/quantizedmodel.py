@@ -68,21 +68,25 @@ def _base_profile(ctx: OperatorContext, namespace: str, spec: QuantizedModelSpec
 
 
 def _delete_old_generations(ctx: OperatorContext, namespace: str, name: str, uid: str, generation: int) -> None:
-    """Jobs (and their ConfigMap/RBAC) of earlier generations: superseded by a spec change.
+    """Jobs and their ConfigMap/RBAC of earlier generations: superseded by a spec change.
 
-    The old Job is what this pass finds, so it is deleted *last*: an operator killed half-way leaves
-    the Job in place and the next pass deletes the rest again (404s are fine). Deleting the Job
-    first leaked its ConfigMap and RBAC for good when the kill came between (seen in the random
-    operator-kill test).
+    A generation's objects are created ConfigMap, ServiceAccount, Role, RoleBinding, Job (the
+    handler applies the supporting ones, then creates the Job) and are deleted here in the reverse
+    order. So whatever an operator killed at any point left behind, the ConfigMap or the Job is
+    still there, and listing those two kinds finds every leftover: a pass killed before its Job
+    existed (its ConfigMap survives), or killed half-way through this deletion (the Job survives
+    until the rest is gone). Found by the random operator-kill test, which saw both leaks.
     """
     selector = f"{QM_LABEL}={label_value(name)},{GENERATION_LABEL}!={generation}"
-    for job in ctx.kube.list(JOBS, namespace, label_selector=selector):
-        refs = job["metadata"].get("ownerReferences") or []
-        if not any(r.get("uid") == uid for r in refs):
-            continue
-        old = job["metadata"]["name"]
-        log.info("QuantizedModel %s/%s: deleting Job %s of an earlier generation", namespace, name, old)
-        for res in (CONFIGMAPS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS):
+    leftovers: dict[str, None] = {}
+    for res in (JOBS, CONFIGMAPS):
+        for obj in ctx.kube.list(res, namespace, label_selector=selector):
+            refs = obj["metadata"].get("ownerReferences") or []
+            if any(r.get("uid") == uid for r in refs):
+                leftovers[obj["metadata"]["name"]] = None
+    for old in leftovers:
+        log.info("QuantizedModel %s/%s: deleting Job %s of an earlier generation and its objects", namespace, name, old)
+        for res in (ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS, CONFIGMAPS):
             ctx.kube.delete(res, namespace, old)
         ctx.kube.delete(JOBS, namespace, old, propagation="Background")
 

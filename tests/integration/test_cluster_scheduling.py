@@ -93,9 +93,17 @@ def test_pod_that_fits_nowhere_stays_pending_with_failed_scheduling(k8s, namespa
         message="FailedScheduling event for pod huge",
     )
     assert "Insufficient nvidia.com/gpu" in events[-1].message
-    pod = core.read_namespaced_pod("huge", namespace)
+
+    # The scheduler records the event and the pod's condition in separate writes: wait for the
+    # condition rather than read the pod once (it was still unset in one CI run).
+    def unschedulable():
+        pod = core.read_namespaced_pod("huge", namespace)
+        conds = pod.status.conditions or []
+        return pod if any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+                          for c in conds) else None
+
+    pod = wait_until(unschedulable, timeout=30, message="PodScheduled=False (Unschedulable) on pod huge")
     assert pod.status.phase == "Pending" and not pod.spec.node_name
-    assert any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable" for c in pod.status.conditions)
 
 
 def test_taints_keep_pods_without_the_toleration_off_a_pool(k8s, namespace: str) -> None:

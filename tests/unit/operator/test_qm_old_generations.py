@@ -10,7 +10,7 @@ from dedicated.operator.handlers.quantizedmodel import _delete_old_generations
 from dedicated.operator.kube import CONFIGMAPS, JOBS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS
 
 UID = "qm-uid"
-KINDS = (JOBS, CONFIGMAPS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS)
+KINDS = (CONFIGMAPS, SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS, JOBS)  # the order a generation is created in
 
 
 class Killed(Exception):
@@ -26,9 +26,9 @@ class StubKube:
         self.deletes: list = []
 
     def list(self, res, namespace, label_selector=""):
-        assert res is JOBS and "!=2" in label_selector
+        assert "!=2" in label_selector
         return [{"metadata": {"name": name, "ownerReferences": [{"uid": UID}]}}
-                for kind, name in self.objects if kind is JOBS and name.endswith("-1")]
+                for kind, name in self.objects if kind is res and name.endswith("-1")]
 
     def delete(self, res, namespace, name, propagation="Background"):
         if self.kill_after is not None and len(self.deletes) >= self.kill_after:
@@ -57,3 +57,11 @@ def test_the_job_is_deleted_last():
     _delete_old_generations(SimpleNamespace(kube=kube), "ns", "q0", UID, 2)
     assert kube.deletes[-1] == (JOBS, "q0-quantize-1")
     assert {d[0] for d in kube.deletes[:-1]} == {CONFIGMAPS, ROLE_BINDINGS, ROLES, SERVICE_ACCOUNTS}
+
+
+@pytest.mark.parametrize("created", range(1, len(KINDS)))
+def test_a_generation_killed_before_its_job_existed_is_removed_too(created):
+    """The operator died while applying generation 1's objects (the first ``created`` of them, no Job)."""
+    objects = {(kind, "q0-quantize-1") for kind in KINDS[:created]} | {(kind, "q0-quantize-2") for kind in KINDS}
+    _delete_old_generations(SimpleNamespace(kube=StubKube(objects)), "ns", "q0", UID, 2)
+    assert objects == {(kind, "q0-quantize-2") for kind in KINDS}
