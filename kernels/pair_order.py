@@ -53,24 +53,27 @@ def _check(packed: torch.Tensor, bits: int) -> None:
         raise ValueError(f"K={k} is not a multiple of the layout's {PAIR_TILE_K}-wide tile")
 
 
-def to_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Checkpoint layout ``[..., N, K * bits / 32]`` -> pair-ordered words of the same shape."""
+def _relay(packed: torch.Tensor, bits: int, to_pairs: bool) -> torch.Tensor:
+    """Move codes within each K tile: gather into pair order, or scatter back to natural order."""
     _check(packed, bits)
     pw = 32 // bits
     lead = packed.shape[:-1]
     tiles = packed.shape[-1] * pw // PAIR_TILE_K
     codes = _unpack_fields(packed, bits).reshape(*lead, tiles, PAIR_TILE_K)
-    moved = codes[..., _tile_source(bits, packed.device)]  # word c field f <- natural column src
+    source = _tile_source(bits, packed.device)  # pair-ordered word c field f <- natural column source
+    if to_pairs:
+        moved = codes[..., source]
+    else:
+        moved = torch.empty_like(codes)
+        moved[..., source] = codes
     return _pack_fields(moved.reshape(*lead, tiles * PAIR_TILE_K // pw, pw), bits).reshape(packed.shape)
+
+
+def to_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Checkpoint layout ``[..., N, K * bits / 32]`` -> pair-ordered words of the same shape."""
+    return _relay(packed, bits, to_pairs=True)
 
 
 def from_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """The inverse of :func:`to_pair_order` (for checks and for writing a checkpoint back)."""
-    _check(packed, bits)
-    pw = 32 // bits
-    lead = packed.shape[:-1]
-    tiles = packed.shape[-1] * pw // PAIR_TILE_K
-    moved = _unpack_fields(packed, bits).reshape(*lead, tiles, PAIR_TILE_K)
-    codes = torch.empty_like(moved)
-    codes[..., _tile_source(bits, packed.device)] = moved
-    return _pack_fields(codes.reshape(*lead, tiles * PAIR_TILE_K // pw, pw), bits).reshape(packed.shape)
+    return _relay(packed, bits, to_pairs=False)
