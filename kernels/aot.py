@@ -41,7 +41,7 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     signature = {}
     for name in fn.arg_names:
         signature[name] = "constexpr" if name in constexprs else _POINTERS.get(name, "i32")
-    if cfg.kernel != "fma" and cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
+    if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits")
     # What a real launch specialises on: 16-byte aligned tensors, and the sizes and strides that are
     # multiples of 16 at every shape served (K, N, row strides). Without it the SASS shows scalar

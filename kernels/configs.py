@@ -4,9 +4,9 @@ The tables are the winners of ``python benchmarks/bench_kernels.py --sweep`` on 
 (an H100; see docs/benchmarks-kernels.md for the runs). ``kernel="fma"`` configs are in no
 table: timed in run 3, the CUDA-core kernel lost every shape (1.3-15x slower than the best).
 Weights in the pair-ordered layout (:mod:`dedicated.kernels.pair_order`) have tables of their
-own. A lookup table rather than ``triton.autotune`` so that serving and validation never pay for benchmarking at first call and
-every launch is reproducible. Shapes without a tuned table use the generic rule, which is the
-shape-independent part of the same measurements.
+own. A lookup table rather than ``triton.autotune`` so that serving and validation never pay for
+benchmarking at first call and every launch is reproducible. Shapes without a tuned table use the
+generic rule, which is the shape-independent part of the same measurements.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def _mma(bm, bn, bk, swap, warps, stages, scale_b=False, mode=0, permute_a=False
                       num_stages=stages, scale_b=scale_b, permute_a=permute_a)
 
 
-def _pair(bm, bn, warps, stages, permute_a=False) -> GemmConfig:
-    """Unpack mode 2 (pairs in the MMA's registers), swapped, scale folded: run 3's winner almost everywhere."""
-    return _mma(bm, bn, 128, True, warps, stages, scale_b=True, mode=2, permute_a=permute_a)
+def _pair(bm, bn, warps, stages, permute_a=False, scale_b=True) -> GemmConfig:
+    """Unpack mode 2 (pairs in the MMA's registers), swapped, 128-wide K tile: the runs 3-4 winners."""
+    return _mma(bm, bn, 128, True, warps, stages, scale_b=scale_b, mode=2, permute_a=permute_a)
 
 
 INF = float("inf")
@@ -69,47 +69,42 @@ TUNED: dict[tuple[int, int, int], Table] = {
 }
 
 
-def _po(bm, bn, warps, stages, scale_b) -> GemmConfig:
-    """Mode 2 on pair-ordered weights: activations already match, so never the column gather."""
-    return _mma(bm, bn, 128, True, warps, stages, scale_b=scale_b, mode=2)
-
-
 # Winners of the fourth H100 run for weights re-laid into pair order (dedicated.kernels.pair_order).
 # Here the unscaled variant (bias removed through the activation sum, scale per K tile) wins most
 # 4-bit decode sizes and the folded one the rest; 1.1-1.6x faster than the checkpoint layout.
 GENERIC_PAIR_ORDERED: Table = [
-    (4.0, _po(16, 128, 4, 3, True)),
-    (64.0, _po(64, 128, 4, 3, True)),
-    (INF, _po(128, 128, 8, 3, True)),
+    (4.0, _pair(16, 128, 4, 3, scale_b=True)),
+    (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+    (INF, _pair(128, 128, 8, 3, scale_b=True)),
 ]
 
 TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
     (2, 1024, 2048): [
-        (0.1, _po(16, 64, 4, 3, True)),
-        (0.5, _po(16, 128, 4, 3, True)),
-        (1.0, _po(16, 128, 4, 3, False)),
-        (4.0, _po(16, 128, 4, 3, True)),
-        (INF, _po(128, 128, 8, 3, True)),
+        (0.1, _pair(16, 64, 4, 3, scale_b=True)),
+        (0.5, _pair(16, 128, 4, 3, scale_b=True)),
+        (1.0, _pair(16, 128, 4, 3, scale_b=False)),
+        (4.0, _pair(16, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 128, 8, 3, scale_b=True)),
     ],
     (4, 1024, 2048): [
-        (0.1, _po(16, 64, 4, 4, False)),
-        (0.5, _po(16, 128, 4, 3, False)),
-        (1.0, _po(16, 128, 4, 4, False)),
-        (4.0, _po(16, 128, 4, 3, False)),
-        (INF, _po(128, 128, 8, 3, True)),
+        (0.1, _pair(16, 64, 4, 4, scale_b=False)),
+        (0.5, _pair(16, 128, 4, 3, scale_b=False)),
+        (1.0, _pair(16, 128, 4, 4, scale_b=False)),
+        (4.0, _pair(16, 128, 4, 3, scale_b=False)),
+        (INF, _pair(128, 128, 8, 3, scale_b=True)),
     ],
     (2, 2048, 512): [
-        (0.1, _po(16, 64, 4, 3, True)),
-        (4.0, _po(16, 128, 4, 3, True)),
-        (64.0, _po(64, 128, 4, 3, True)),
-        (INF, _po(128, 256, 8, 3, True)),
+        (0.1, _pair(16, 64, 4, 3, scale_b=True)),
+        (4.0, _pair(16, 128, 4, 3, scale_b=True)),
+        (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 256, 8, 3, scale_b=True)),
     ],
     (4, 2048, 512): [
-        (0.1, _po(16, 64, 4, 3, False)),
-        (0.5, _po(16, 128, 4, 3, False)),
-        (4.0, _po(16, 128, 4, 4, False)),
-        (64.0, _po(64, 128, 4, 3, True)),
-        (INF, _po(128, 256, 8, 3, True)),
+        (0.1, _pair(16, 64, 4, 3, scale_b=False)),
+        (0.5, _pair(16, 128, 4, 3, scale_b=False)),
+        (4.0, _pair(16, 128, 4, 4, scale_b=False)),
+        (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 256, 8, 3, scale_b=True)),
     ],
 }
 

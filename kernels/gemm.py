@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.pair_order import PAIR_TILE_K
+from dedicated.kernels.pair_order import PAIR_TILE_K, pair_positions
 from dedicated.kernels.unpack import is_interpreted, mma, mma_acc, pair_fields, tile_k_order, unpack_biased
 
 
@@ -71,11 +71,16 @@ class GemmConfig:
         if self.permute_a and (self.mode != 2 or self.kernel != "mma"):
             raise ValueError("permute_a only applies to unpack mode 2")
 
+    def pair_mma_too_short(self, bits: int) -> bool:
+        """A pair-register (mode 2) tile gives each pair MMA ``2 * block_k * bits / 32`` K: under 16,
+        too shallow for a bf16 tensor-core MMA."""
+        return self.kernel == "mma" and self.mode == 2 and 2 * self.block_k * bits // 32 < 16
+
     def for_group(self, group_size: int, bits: int) -> "GemmConfig":
         """Clamp the K tile so it never straddles a scale group; a pair-register config (mode 2)
-        whose clamped tile is too short for a 16-deep pair MMA falls back to the interleave unpack."""
+        whose clamped tile is too short for a pair MMA falls back to the interleave unpack."""
         cfg = self if self.block_k <= group_size else replace(self, block_k=group_size)
-        if cfg.kernel == "mma" and cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
+        if cfg.pair_mma_too_short(bits):
             cfg = replace(cfg, mode=0, permute_a=False)
         return cfg
 
@@ -233,9 +238,9 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am
                 else:
                     bs = (b - (128.0 + OFFSET)).to(tl.bfloat16) * s.to(tl.bfloat16)[:, None]
                 if SWAP_AB:
-                    acc = mma_acc(bs.to(tl.bfloat16), tl.trans(a), acc, UPCAST)
+                    acc = mma_acc(bs, tl.trans(a), acc, UPCAST)
                 else:
-                    acc = mma_acc(a, tl.trans(bs.to(tl.bfloat16)), acc, UPCAST)
+                    acc = mma_acc(a, tl.trans(bs), acc, UPCAST)
             else:
                 asum += tl.sum(a.to(tl.float32), axis=1)
                 if SWAP_AB:
@@ -328,7 +333,7 @@ def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert
     if cfg.kernel == "fma":
         dq_fma_kernel[grid](*args, **common)
         return
-    if cfg.mode == 2 and 2 * cfg.block_k * bits // 32 < 16:
+    if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits (a pair MMA takes 16 K)")
     dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
                          A_PERMUTED=cfg.permute_a or pair_ordered, UPCAST=is_interpreted(dq_gemm_kernel), **common)
@@ -344,46 +349,39 @@ def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bo
         if cfg.kernel != "mma" or cfg.mode != 2 or cfg.block_k != PAIR_TILE_K:
             raise ValueError(f"pair-ordered weights are read by unpack mode 2 with block_k={PAIR_TILE_K} only, "
                              f"got {cfg.short()}")
+        cfg = replace(cfg, permute_a=False)  # the weights' layout already matches natural activations
     return cfg
 
 
-def prepare_activations(x: torch.Tensor, cfg: GemmConfig, bits: int, pair_ordered: bool) -> torch.Tensor:
-    """Reorder the activation columns when the config asks for it and the weights are not already
-    in pair order (then natural columns are what the kernel wants)."""
-    if cfg.permute_a and not pair_ordered:
-        return permute_pair_columns(x, bits, cfg.block_k)
-    return x
+def prepare_activations(x: torch.Tensor, cfg: GemmConfig, bits: int) -> torch.Tensor:
+    """The activations as the launch reads them: column-reordered if the (resolved) config says so."""
+    return permute_pair_columns(x, bits, cfg.block_k) if cfg.permute_a else x
 
 
 def permute_pair_columns(x: torch.Tensor, bits: int, block_k: int) -> torch.Tensor:
     """Reorder ``x``'s columns within each ``block_k`` tile into unpack mode 2's pair order.
 
-    Tile column ``k = c * PW + f`` (word ``c``, field ``f``) belongs to pair ``i = f % (PW/2)`` at
-    position ``2 * c + f // (PW/2)`` of that pair's slice; slices are stored one after another.
-    One gather over the activations per call, so the kernel's loads are contiguous.
+    Tile column ``k = c * PW + f`` (word ``c``, field ``f``) moves to
+    :func:`dedicated.kernels.pair_order.pair_positions` ``[k]``. One gather over the activations per
+    call, so the kernel's loads are contiguous.
     """
-    pw = 32 // bits
-    half, wc = pw // 2, block_k // pw
-    k = x.shape[1]
-    r = torch.arange(block_k, device=x.device)
-    c, f = r // pw, r % pw
-    new_pos = (f % half) * 2 * wc + 2 * c + f // half
-    source = torch.empty_like(r)
-    source[new_pos] = r  # column new_pos of a tile holds original column r
-    tiles = torch.arange(0, k, block_k, device=x.device)
+    new_pos = pair_positions(bits, x.device, block_k)  # natural column r goes to new_pos[r]
+    source = torch.empty_like(new_pos)
+    source[new_pos] = torch.arange(block_k, device=x.device)
+    tiles = torch.arange(0, x.shape[1], block_k, device=x.device)
     index = (tiles[:, None] + source[None, :]).reshape(-1)
     return x.index_select(1, index)
 
 
-def default_dense_config(m: int, n: int, k: int, bits: int, pair_ordered: bool = False) -> GemmConfig:
+def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
     """Swapped pair-register tiles at every size (the MoE sweep's winners, kernels/configs.py):
-    16 tokens per tile for decode, 64-128 with reordered activation columns for prefill (not
-    needed when the weights are pair-ordered)."""
+    16 tokens per tile for decode, 64-128 with reordered activation columns for prefill (dropped
+    by :func:`resolve_config` for pair-ordered weights, which need no reordering)."""
     if m <= 32:
         return GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
                           scale_b=True)
     return GemmConfig(block_m=64 if m <= 2048 else 128, block_n=128, block_k=128, swap_ab=True, mode=2,
-                      num_warps=4 if m <= 2048 else 8, num_stages=3, scale_b=True, permute_a=not pair_ordered)
+                      num_warps=4 if m <= 2048 else 8, num_stages=3, scale_b=True, permute_a=True)
 
 
 def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
@@ -418,12 +416,12 @@ def dequant_gemm(
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]
-    cfg = resolve_config(config or default_dense_config(m, n, k, bits, pair_ordered), group_size, bits, pair_ordered)
+    cfg = resolve_config(config or default_dense_config(m, n, k, bits), group_size, bits, pair_ordered)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
-    x = prepare_activations(x, cfg, bits, pair_ordered)
+    x = prepare_activations(x, cfg, bits)
     num_pid_m = triton.cdiv(m, cfg.block_m)
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     launch(cfg, grid, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,

@@ -148,7 +148,7 @@ def moe_gemm(
         out = torch.empty((pairs, n), dtype=x.dtype, device=x.device)
     if pairs == 0 or n == 0:
         return out
-    x = prepare_activations(x, cfg, bits, pair_ordered)
+    x = prepare_activations(x, cfg, bits)
     num_pid_m = routing.max_blocks
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     rw = topk_weights if topk_weights is not None else x

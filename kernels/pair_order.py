@@ -21,10 +21,16 @@ import torch
 PAIR_TILE_K = 128  # the K tile the layout is built for; mode-2 launches on it use block_k == 128
 
 
-def _tile_source(bits: int, device: torch.device) -> torch.Tensor:
-    """``src[c * PW + f]`` = the natural K column (within a tile) that word ``c`` field ``f`` holds."""
+def pair_positions(bits: int, device: torch.device, block_k: int = PAIR_TILE_K) -> torch.Tensor:
+    """``pos[c * PW + f]``: where field ``f`` of word ``c`` sits in unpack mode 2's pair order of a
+    ``block_k`` tile (pair ``f % (PW/2)``, slice position ``2 * c + f // (PW/2)``).
+
+    Read one way it says which natural K column a pair-ordered word holds (:func:`to_pair_order`);
+    read the other, where a natural activation column goes when the activations are reordered
+    instead of the weights (``dedicated.kernels.gemm.permute_pair_columns``).
+    """
     pw = 32 // bits
-    half, wc = pw // 2, PAIR_TILE_K // pw
+    half, wc = pw // 2, block_k // pw
     c = torch.arange(wc, device=device).repeat_interleave(pw)
     f = torch.arange(pw, device=device).repeat(wc)
     return (f % half) * 2 * wc + 2 * c + f // half
@@ -60,7 +66,7 @@ def _relay(packed: torch.Tensor, bits: int, to_pairs: bool) -> torch.Tensor:
     lead = packed.shape[:-1]
     tiles = packed.shape[-1] * pw // PAIR_TILE_K
     codes = _unpack_fields(packed, bits).reshape(*lead, tiles, PAIR_TILE_K)
-    source = _tile_source(bits, packed.device)  # pair-ordered word c field f <- natural column source
+    source = pair_positions(bits, packed.device)  # pair-ordered word c field f <- natural column source
     if to_pairs:
         moved = codes[..., source]
     else:

@@ -10,7 +10,7 @@ from dedicated.kernels import reference as ref
 from dedicated.kernels.configs import TUNED, moe_config
 from dedicated.kernels.gemm import GemmConfig, dequant_gemm
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
-from dedicated.kernels.pair_order import _tile_source, from_pair_order, to_pair_order
+from dedicated.kernels.pair_order import from_pair_order, pair_positions, to_pair_order
 from dedicated.quantize_job.bitpack import pack
 
 E, GROUP = 8, 128
@@ -31,7 +31,7 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_layout_is_a_permutation_within_each_tile_and_round_trips(bits):
-    assert sorted(_tile_source(bits, torch.device("cpu")).tolist()) == list(range(128))
+    assert sorted(pair_positions(bits, torch.device("cpu")).tolist()) == list(range(128))
     packed, _ = weights(6, 384, bits, seed=1, experts=2)
     moved = to_pair_order(packed, bits)
     assert not torch.equal(moved, packed)
