@@ -73,6 +73,24 @@ def _run_until_layer(cmd: list[str], env: dict[str, str], out: Path, log: Path, 
     return killed_at
 
 
+def _start_and_kill(tmp_path: Path, config: dict, out: Path) -> list[str]:
+    """Start the real program on ``config`` and SIGKILL it once progress shows 2 layers; its command."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(config))
+    cmd = [sys.executable, "-m", "dedicated.quantize_job", "run", "--config", str(cfg)]
+    killed_at = _run_until_layer(cmd, _env(tmp_path), out, tmp_path / "run1.log", 2)
+    assert killed_at is not None, (tmp_path / "run1.log").read_text()[-3000:]
+    return cmd
+
+
+def _rerun_resumes(cmd: list[str], tmp_path: Path, committed: int) -> None:
+    """Run ``cmd`` again to the end; it must say it resumed after the ``committed`` layers."""
+    second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming: layers 0..{committed - 1} restored from the state dir, continuing at layer {committed}" \
+        in second.stderr
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_and_publishes_identical_bytes(tmp_path_factory, tmp_path: Path) -> None:
     torch.set_num_threads(1)
@@ -85,19 +103,13 @@ def test_killed_run_resumes_and_publishes_identical_bytes(tmp_path_factory, tmp_
     assert any(name.endswith(".safetensors") for name in reference)
 
     out = tmp_path / "out"
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(_config(model, out)))
-    cmd = [sys.executable, "-m", "dedicated.quantize_job", "run", "--config", str(cfg)]
-    killed_at = _run_until_layer(cmd, _env(tmp_path), out, tmp_path / "run1.log", 2)
-    assert killed_at is not None, (tmp_path / "run1.log").read_text()[-3000:]
+    cmd = _start_and_kill(tmp_path, _config(model, out), out)
     state = json.loads((out / ".quantize-state" / "layers" / "state.json").read_text())
     committed = state["completed"]
     assert 2 <= committed < LAYERS, committed
     assert not (out / "manifest.json").exists()
 
-    second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resuming: layers 0..{committed - 1} restored from the state dir, continuing at layer {committed}" in second.stderr
+    _rerun_resumes(cmd, tmp_path, committed)
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layers"]["resumedFromLayer"] == committed
@@ -133,20 +145,13 @@ def test_killed_autoround_run_resumes_per_block_and_publishes_identical_bytes(tm
     assert ref_manifest["layers"]["computed"] == LAYERS and ref_manifest["layers"]["resumedFromLayer"] is None
 
     out = tmp_path / "out"
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(_autoround_config(model, out)))
-    cmd = [sys.executable, "-m", "dedicated.quantize_job", "run", "--config", str(cfg)]
-    killed_at = _run_until_layer(cmd, _env(tmp_path), out, tmp_path / "run1.log", 2)
-    assert killed_at is not None, (tmp_path / "run1.log").read_text()[-3000:]
+    cmd = _start_and_kill(tmp_path, _autoround_config(model, out), out)
     blocks = out / ".quantize-state" / "autoround-resume" / "group_0" / "blocks.json"
     committed = len(json.loads(blocks.read_text())["completedBlocks"])
     assert 2 <= committed < LAYERS, committed
     assert not (out / "manifest.json").exists()
 
-    second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resuming: layers 0..{committed - 1} restored from the state dir, continuing at layer {committed}" \
-        in second.stderr
+    _rerun_resumes(cmd, tmp_path, committed)
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layers"]["resumedFromLayer"] == committed
