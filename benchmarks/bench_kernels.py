@@ -207,56 +207,29 @@ def config_name(cfg, pair_ordered: bool) -> str:
 
 
 def candidates(m: int) -> list:
-    """(config, weights pair-ordered?) pairs the sweep tries: every config of
-    :func:`candidate_configs` on the checkpoint layout, and each mode-2 one whose K tile is the
-    pair-ordered layout's also on weights re-laid once into that layout (``+po``)."""
-    out = [(c, False) for c in candidate_configs(m)]
-    seen = set()
-    for c in candidate_configs(m):
-        if c.kernel == "mma" and c.mode == 2 and c.swap_ab and c.block_k == 128:
-            base = dataclasses.replace(c, permute_a=False)  # with ordered weights the gather is not needed
-            if base not in seen:
-                seen.add(base)
-                out.append((base, True))
-    return out
+    """(config, weights pair-ordered?) pairs the sweep tries.
 
-
-def candidate_configs(m: int):
-    """Launch configs the sweep tries: the pair-register unpack (mode 2) in every tile shape that
-    fits, beside run 2's winners with the interleave unpack (mode 0) as the baseline of this run.
-    Run 1 showed mode 1 losing everywhere; run 2's CUDA-core kernel is tried at decode only."""
+    Run 4 found every shape's winner on pair-ordered weights, so run 6 sweeps that layout only (the
+    checkpoint layout keeps run 3's table; its default config is still timed first, as the
+    baseline): the pair-register unpack (mode 2) in the tile shapes that won before, each with and
+    without the scale folded, and for decode with the K range split over 1, 2 or 4 programs
+    (``split_k``). Run 5 also tried mma.sync code on Hopper (never faster than wgmma, up to 1.5x
+    slower at prefill), so it is gone.
+    """
     from dedicated.kernels.gemm import GemmConfig as C
 
     if m <= 128:
-        out = [C(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=3, scale_b=True),
-               C(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=0, num_warps=4, num_stages=3, scale_b=True)]
-        for bn, w in ((64, 4), (128, 4), (256, 8)):
-            for st in (2, 3, 4):
-                for sb in (False, True):
-                    out.append(C(block_m=16, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w,
-                                 num_stages=st, scale_b=sb))
+        shapes = [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 4, 4), (16, 128, 4, 5), (16, 256, 8, 3)]
         if m >= 32:
-            out.append(C(block_m=32, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3, scale_b=True))
-        for bm in (1, 2):
-            out.append(C(block_m=bm, block_n=32, block_k=128, kernel="fma", num_warps=4, num_stages=3))
-        return out
-    out = [C(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, num_warps=4, num_stages=4, scale_b=True),
-           C(block_m=128, block_n=128, block_k=64, swap_ab=False, mode=0, num_warps=8, num_stages=3, scale_b=True),
-           C(block_m=128, block_n=256, block_k=64, swap_ab=False, mode=0, num_warps=8, num_stages=3, scale_b=True)]
-    # swapped: block_n weight rows on the MMA's M side (from registers), block_m tokens on its N side
-    for bm, bn, w, st in ((64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3),
-                          (256, 128, 8, 3), (64, 256, 8, 4), (128, 128, 8, 4)):
-        for sb in (False, True):
-            out.append(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st,
-                         scale_b=sb))
-    for bm, bn, w, st in ((64, 128, 4, 3), (128, 128, 8, 3)):
-        out.append(C(block_m=bm, block_n=bn, block_k=128, swap_ab=False, mode=2, num_warps=w, num_stages=st, scale_b=True))
-    # the same with the activation columns reordered once per call (contiguous pair slices)
-    for bm, bn, w, st in ((64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 8, 4)):
-        for sb in (False, True):
-            out.append(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st,
-                         scale_b=sb, permute_a=True))
-    return out
+            shapes.append((32, 128, 4, 3))
+        splits = (1, 2, 4) if m <= 32 else (1, 2)
+    else:
+        shapes = [(64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3),
+                  (64, 256, 8, 4), (128, 128, 8, 4)]
+        splits = (1,)
+    return [(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st, scale_b=sb,
+               split_k=sk), True)
+            for bm, bn, w, st in shapes for sb in (False, True) for sk in splits]
 
 
 def _compile_one(job):

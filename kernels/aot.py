@@ -36,7 +36,7 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     )
     constexprs.update(stride_ak=1, stride_cn=1)  # a launch specialises unit strides into constants
     if cfg.kernel != "fma":
-        constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b,
+        constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b, SPLIT_K=cfg.split_k,
                           A_PERMUTED=cfg.permute_a or pair_ordered)
     signature = {}
     for name in fn.arg_names:

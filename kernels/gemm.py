@@ -56,6 +56,7 @@ class GemmConfig:
     scale_b: bool = False  # fold the scale into bf16 weights and chain the accumulator (mma only)
     kernel: str = "mma"  # "mma": tensor cores; "fma": CUDA-core GEMV for a few tokens per block
     permute_a: bool = False  # mode 2: reorder activation columns once per call so each pair's are contiguous
+    split_k: int = 1  # programs per output tile, each over 1/split_k of K, summed by bf16 atomic adds
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -70,6 +71,10 @@ class GemmConfig:
             raise ValueError(f"unpack mode must be 0, 1 or 2, got {self.mode}")
         if self.permute_a and (self.mode != 2 or self.kernel != "mma"):
             raise ValueError("permute_a only applies to unpack mode 2")
+        if self.split_k < 1 or self.split_k & (self.split_k - 1):
+            raise ValueError(f"split_k must be a positive power of two, got {self.split_k}")
+        if self.kernel == "fma" and self.split_k > 1:
+            raise ValueError("split_k applies to the tensor-core kernel only")
 
     def pair_mma_too_short(self, bits: int) -> bool:
         """A pair-register (mode 2) tile gives each pair MMA ``2 * block_k * bits / 32`` K: under 16,
@@ -90,6 +95,7 @@ class GemmConfig:
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
             f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
+            f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}"
         )
 
 
@@ -103,13 +109,25 @@ def dq_gemm_kernel(
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr,
-    A_PERMUTED: tl.constexpr,
+    A_PERMUTED: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     PW: tl.constexpr = 32 // BITS
     pid = tl.program_id(0)
-    # m-blocks vary fastest: neighbouring programs share one weight tile (same expert) in L2.
+    # m-blocks vary fastest: neighbouring programs share one weight tile (same expert) in L2; the
+    # K split (split-K: several programs per output tile) varies slowest.
     pid_m = pid % NUM_PID_M
-    pid_n = pid // NUM_PID_M
+    pid_nk = pid // NUM_PID_M
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_n = pid_nk % num_pid_n
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+        k_lo = (pid_nk // num_pid_n) * k_per_split
+        k_hi = tl.minimum(K, k_lo + k_per_split)
+    else:
+        k_lo = 0
+        k_hi = K
+    if k_lo >= k_hi:  # more splits than K tiles: this one has nothing to add
+        return
     if IS_MOE:
         if pid_m * BLOCK_M >= tl.load(npad_ptr):
             return
@@ -136,11 +154,11 @@ def dq_gemm_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if MODE == 2:
-        acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am, stride_ak,
+        acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
                                   BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED)
     else:
-        acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, K, stride_am, stride_ak,
-                                  BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
+        acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am,
+                                  stride_ak, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
     if MUL_ROUTED:
         rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
         if SWAP_AB:
@@ -150,21 +168,25 @@ def dq_gemm_kernel(
     out = acc.to(c_ptr.dtype.element_ty)
     if SWAP_AB:
         c_ptrs = c_ptr + c_rows.to(tl.int64)[None, :] * stride_cm + n[:, None] * stride_cn
-        tl.store(c_ptrs, out, mask=row_ok[None, :] & n_ok[:, None])
+        c_ok = row_ok[None, :] & n_ok[:, None]
     else:
         c_ptrs = c_ptr + c_rows.to(tl.int64)[:, None] * stride_cm + n[None, :] * stride_cn
-        tl.store(c_ptrs, out, mask=row_ok[:, None] & n_ok[None, :])
+        c_ok = row_ok[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(c_ptrs, out, mask=c_ok, sem="relaxed")  # the caller zeroed the output
+    else:
+        tl.store(c_ptrs, out, mask=c_ok)
 
 
 @triton.jit
-def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, K, stride_am, stride_ak,
+def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am, stride_ak,
                         BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
                         SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr):
     """Unpack modes 0/1: the whole ``[BLOCK_N, BLOCK_K]`` weight tile becomes one bf16 operand."""
     PW: tl.constexpr = 32 // BITS
     korder = tile_k_order(BLOCK_K, BITS, MODE)
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + korder[None, :] * stride_ak
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         a = tl.load(a_base + k0 * stride_ak, mask=row_ok[:, None], other=0.0)
         w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
         s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
@@ -188,7 +210,7 @@ def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, K, str
 
 
 @triton.jit
-def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am, stride_ak,
+def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
                         BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr,
                         SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr):
@@ -222,7 +244,7 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, K, stride_am
         kq = (q // 2) * PW + (q % 2) * HALF
         STEP: tl.constexpr = 1
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + kq[None, :] * stride_ak
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         w = tl.load(w_base + k0 // PW)
         s = tl.load(s_base + k0 // GROUP)
         t = tl.zeros(acc.shape, dtype=tl.float32)
@@ -318,25 +340,35 @@ def dq_fma_kernel(
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
-def launch(cfg: GemmConfig, grid, x, packed, scales, out, rw, sorted_ids, expert_ids, npad,
+def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, npad,
            m, n, k, num_valid, num_pid_m, w_strides, s_strides, bits, group, offset,
            is_moe, row_div, mul_routed, pair_ordered: bool = False) -> None:
     """One launch of the chosen kernel; shared by the dense and the MoE entry points."""
+    interpreted = is_interpreted(dq_gemm_kernel)
+    c = out
+    if cfg.split_k > 1:
+        # The splits add their partial products into a zeroed output with atomic adds (bf16 ones
+        # on the GPU). Triton's interpreter has no bf16 atomics: it adds into an fp32 copy.
+        c = torch.zeros(out.shape, dtype=torch.float32, device=out.device) if interpreted else out.zero_()
     common = dict(
         BITS=bits, GROUP=group, OFFSET=offset, IS_MOE=is_moe, A_ROW_DIV=row_div, MUL_ROUTED=mul_routed,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    args = (x, packed, scales, out, rw, sorted_ids, expert_ids, npad, m, n, k, num_valid, num_pid_m,
+    args = (x, packed, scales, c, rw, sorted_ids, expert_ids, npad, m, n, k, num_valid, num_pid_m,
             x.stride(0), x.stride(1), w_strides[0], w_strides[1], s_strides[0], s_strides[1],
-            out.stride(0), out.stride(1))
+            c.stride(0), c.stride(1))
+    grid = (num_pid_m * triton.cdiv(n, cfg.block_n) * cfg.split_k,)
     if cfg.kernel == "fma":
         dq_fma_kernel[grid](*args, **common)
         return
     if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits (a pair MMA takes 16 K)")
     dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
-                         A_PERMUTED=cfg.permute_a or pair_ordered, UPCAST=is_interpreted(dq_gemm_kernel), **common)
+                         A_PERMUTED=cfg.permute_a or pair_ordered, SPLIT_K=cfg.split_k, UPCAST=interpreted,
+                         **common)
+    if c is not out:
+        out.copy_(c)
 
 
 def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool) -> GemmConfig:
@@ -423,8 +455,7 @@ def dequant_gemm(
         return out
     x = prepare_activations(x, cfg, bits)
     num_pid_m = triton.cdiv(m, cfg.block_m)
-    grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
-    launch(cfg, grid, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
+    launch(cfg, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
            (0, packed.stride(0)), (0, scales.stride(0)), bits, group_size, off,
            is_moe=False, row_div=1, mul_routed=False, pair_ordered=pair_ordered)
     return out

@@ -150,9 +150,8 @@ def moe_gemm(
         return out
     x = prepare_activations(x, cfg, bits)
     num_pid_m = routing.max_blocks
-    grid = (num_pid_m * triton.cdiv(n, cfg.block_n),)
     rw = topk_weights if topk_weights is not None else x
-    launch(cfg, grid, x, packed, scales, out, rw, routing.sorted_ids, routing.expert_ids, routing.num_padded,
+    launch(cfg, x, packed, scales, out, rw, routing.sorted_ids, routing.expert_ids, routing.num_padded,
            routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), packed.stride(1)),
            (scales.stride(0), scales.stride(1)), bits, group_size, off,
            is_moe=True, row_div=row_div, mul_routed=topk_weights is not None, pair_ordered=pair_ordered)

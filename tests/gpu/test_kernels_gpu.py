@@ -94,6 +94,10 @@ CODE_PATHS = [
     GemmConfig(block_m=64, block_n=128, block_k=128, swap_ab=False, mode=2, scale_b=True),
     GemmConfig(block_m=4, block_n=32, block_k=128, kernel="fma"),
     GemmConfig(block_m=1, block_n=64, block_k=128, kernel="fma", num_warps=2),
+    # split-K (bf16 atomic adds into the zeroed output)
+    GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=2, split_k=4),
+    GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, scale_b=True, split_k=2),
+    GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, scale_b=True, split_k=2),
 ]
 
 

@@ -23,10 +23,15 @@ cfgs = [
     (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_stages=3, scale_b=True), 2),
     (GemmConfig(block_m=128, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=8, num_stages=3), 4),
     (GemmConfig(block_m=4, block_n=32, block_k=128, kernel="fma"), 4),
+    # split-K (bf16 atomic adds)
+    (GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=2, split_k=4), 4),
+    (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, scale_b=True, split_k=2), 2),
 ]
 for cfg, bits in cfgs:
     kernel = compile_moe(cfg, bits, "gate_up")
     assert kernel.asm.get("cubin"), cfg.short()
+    # split-K adds its partial products with bf16 atomics; the other configs store
+    assert (".add.noftz" in kernel.asm["ptx"]) == (cfg.split_k > 1), cfg.short()  # atom. or red.global...bf16
     print("compiled", cfg.short(), bits)
 """
 
@@ -36,4 +41,4 @@ def test_representative_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 5
+    assert proc.stdout.count("compiled") == 7

@@ -100,6 +100,44 @@ def test_moe_gate_up_and_down(bits, cfg, shape):
     assert rel_err(got, want) < tol
 
 
+@pytest.mark.parametrize(
+    "bits,cfg,k",
+    [
+        # two K tiles, one per split
+        (2, GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2, scale_b=True, split_k=2), 256),
+        # more splits than K tiles: the surplus programs add nothing
+        (4, GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2, split_k=4), 256),
+        # 64-wide tiles in 128-wide groups, 3 tiles per split: the second split starts mid-group
+        (4, GemmConfig(block_m=16, block_n=32, block_k=64, swap_ab=True, mode=2, split_k=2), 384),
+        (2, GemmConfig(block_m=16, block_n=32, block_k=64, swap_ab=False, mode=0, split_k=2), 384),
+    ],
+    ids=lambda c: c.short() if isinstance(c, GemmConfig) else str(c),
+)
+def test_split_k_sums_the_partial_products(bits, cfg, k):
+    m, top_k, n, group = 5, 3, 40, 128
+    packed, scales = experts_weight(n, k, bits, group, seed=bits + k)
+    ids, weights = routing(m, top_k, seed=4)
+    r = moe_align(ids, E, cfg.block_m)
+    xd = torch.randn(m * top_k, k).to(torch.bfloat16)
+    # the output holds garbage first: the launch must zero it before the splits add into it
+    out = torch.full((m * top_k, n), 7.0)
+    got = moe_gemm(xd, packed, scales, r, bits, group, topk_weights=weights, config=cfg, out=out)
+    want = ref.moe_gemm_ref(xd, packed, scales, ids, bits, group, topk_weights=weights, out_dtype=torch.float32)
+    tol = 5e-3 if (cfg.scale_b and bits == 4) else 1e-5
+    assert rel_err(got, want) < tol
+    # bf16 output: each split's partial is rounded once more when it is added
+    got16 = moe_gemm(xd, packed, scales, r, bits, group, topk_weights=weights, config=cfg)
+    assert got16.dtype == torch.bfloat16 and rel_err(got16, want) < 1e-2
+
+
+def test_split_k_is_validated():
+    with pytest.raises(ValueError, match="power of two"):
+        GemmConfig(split_k=3)
+    with pytest.raises(ValueError, match="tensor-core"):
+        GemmConfig(block_m=4, block_n=16, kernel="fma", split_k=2)
+    assert GemmConfig(mode=2, split_k=2).short().endswith("-sk2")
+
+
 def test_fused_moe_matches_reference():
     bits, group, m, top_k, hidden, inter = 2, 128, 4, 2, 128, 128
     w13, s13 = experts_weight(2 * inter, hidden, bits, group, seed=11)
