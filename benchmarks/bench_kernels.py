@@ -202,24 +202,26 @@ def bytes_moved(m: int, kind: str, bits: int, active: float) -> float:
 # ----------------------------------------------------------------------------------------- candidates
 
 
-def config_name(cfg, pair_ordered: bool) -> str:
-    return cfg.short() + ("+po" if pair_ordered else "")
+def config_name(cfg, layout: str) -> str:
+    """``layout``: "" checkpoint words, "po" pair-ordered, "tm" pair-ordered K-tile-major with
+    N-contiguous scales (kernels/pair_order.py)."""
+    return cfg.short() + (f"+{layout}" if layout else "")
 
 
 def candidates(m: int) -> list:
-    """(config, weights pair-ordered?) pairs the sweep tries.
+    """(config, weight layout) pairs the sweep tries (layouts: :func:`config_name`).
 
     Run 4 found every shape's winner on pair-ordered weights, so run 6 sweeps that layout only (the
     checkpoint layout keeps run 3's table; its default config is still timed first, as the
-    baseline): the pair-register unpack (mode 2) in the tile shapes that won before, each with and
-    without the scale folded, and for decode with the K range split over 1, 2 or 4 programs
-    (``split_k``). Run 5 also tried mma.sync code on Hopper (never faster than wgmma, up to 1.5x
-    slower at prefill), so it is gone.
+    baseline), as is ("po") and K-tile-major with N-contiguous scales ("tm"): the pair-register
+    unpack (mode 2) in the tile shapes that won before, with and without the scale folded, and for
+    decode with the K range split over 1, 2 or 4 programs (``split_k``). Run 5 also tried mma.sync
+    code on Hopper (never faster than wgmma, up to 1.5x slower at prefill), so it is gone.
     """
     from dedicated.kernels.gemm import GemmConfig as C
 
     if m <= 128:
-        shapes = [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 4, 4), (16, 128, 4, 5), (16, 256, 8, 3)]
+        shapes = [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 4, 4), (16, 256, 8, 3)]
         if m >= 32:
             shapes.append((32, 128, 4, 3))
         splits = (1, 2, 4) if m <= 32 else (1, 2)
@@ -228,8 +230,8 @@ def candidates(m: int) -> list:
                   (64, 256, 8, 4), (128, 128, 8, 4)]
         splits = (1,)
     return [(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st, scale_b=sb,
-               split_k=sk), True)
-            for bm, bn, w, st in shapes for sb in (False, True) for sk in splits]
+               split_k=sk), layout)
+            for bm, bn, w, st in shapes for sb in (False, True) for sk in splits for layout in ("po", "tm")]
 
 
 def _compile_one(job):
@@ -241,16 +243,20 @@ def _compile_one(job):
         from dedicated.kernels.gemm import GemmConfig
         from dedicated.kernels.moe_gemm import moe_align, moe_gemm
 
-        po = cfg_dict.pop("pair_ordered", False)
+        from dedicated.kernels.pair_order import n_major_scales, to_pair_order
+
+        layout = cfg_dict.pop("layout", "")
         cfg = GemmConfig(**cfg_dict)
         n, k = SHAPES[kind]
         packed = torch.zeros(E, n, k * bits // 32, dtype=torch.int32, device=DEVICE)
         scales = torch.ones(E, n, k // GROUP, dtype=torch.bfloat16, device=DEVICE)
+        if layout == "tm":
+            packed, scales = to_pair_order(packed, bits, tile_major=True), n_major_scales(scales)
         ids = torch.arange(TOP_K, dtype=torch.int32, device=DEVICE).view(1, TOP_K)
         r = moe_align(ids, E, cfg.block_m)
         x = torch.zeros(1 if kind == "gate_up" else TOP_K, k, dtype=torch.bfloat16, device=DEVICE)
         tw = torch.ones(1, TOP_K, device=DEVICE) if kind == "down" else None
-        moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg, pair_ordered=po)
+        moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg, pair_ordered=bool(layout))
         torch.cuda.synchronize()
         return None
     except Exception as exc:  # noqa: BLE001
@@ -367,14 +373,16 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
 
     from dedicated.kernels.dequant import dequantize
     from dedicated.kernels.moe_gemm import default_moe_config, moe_align, moe_gemm
-    from dedicated.kernels.pair_order import to_pair_order
+    from dedicated.kernels.pair_order import n_major_scales, to_pair_order
 
     for bits in args.bits:
         for kind, (n, k) in SHAPES.items():
             log(f"== {bits}-bit {kind}: N={n} K={k}")
             packed, scales = random_packed(n, k, bits, seed=bits * 10 + len(kind))
             w_t = dequantize(packed, scales, bits, GROUP).transpose(1, 2)  # [E, K, N] column-major view
-            packed_po = to_pair_order(packed, bits)  # re-laid once, outside timing (as Humming's transform())
+            # re-laid once, outside timing (as Humming's transform() is for Humming)
+            layouts = {"": (packed, scales), "po": (to_pair_order(packed, bits), scales),
+                       "tm": (to_pair_order(packed, bits, tile_major=True), n_major_scales(scales))}
             hum = None
             if not args.skip_humming:
                 try:
@@ -403,13 +411,13 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                         aligned[bm] = [moe_align(ids, E, bm) for ids, _ in routes]
                     return aligned[bm]
 
-                def mine_calls(cfg, po=False):
-                    w = packed_po if po else packed
+                def mine_calls(cfg, layout=""):
+                    w, sc = layouts[layout]
                     calls = []
                     for i, r in enumerate(routing_for(cfg.block_m)):
                         tw = routes[i][1] if kind == "down" else None
-                        calls.append(lambda r=r, tw=tw, o=outs[i]: moe_gemm(x, w, scales, r, bits, GROUP, topk_weights=tw,
-                                                                            config=cfg, out=o, pair_ordered=po))
+                        calls.append(lambda r=r, tw=tw, o=outs[i]: moe_gemm(x, w, sc, r, bits, GROUP, topk_weights=tw,
+                                                                            config=cfg, out=o, pair_ordered=bool(layout)))
                     return calls
 
                 # reference for correctness: bf16 torch on the dequantized weights
@@ -422,7 +430,7 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                     return ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
 
                 default_cfg = default_moe_config(m, TOP_K, E, n, k, bits)
-                tried = [(default_cfg, False)] + ([c for c in candidates(m) if c != (default_cfg, False)] if args.sweep else [])
+                tried = [(default_cfg, "")] + ([c for c in candidates(m) if c != (default_cfg, "")] if args.sweep else [])
                 best = None
                 for cfg, po in tried:
                     name = config_name(cfg, po)
@@ -439,8 +447,9 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                         log(f"  {name} rejected: {str(exc)[:200]}")
                         continue
                     sweep_rows.append({"bits": bits, "gemm": kind, "tokens": m, "config": name, "us": t * 1e6,
-                                       "err": err, "cfg": dataclasses.asdict(cfg), "pair_ordered": po})
-                    if (cfg, po) == (default_cfg, False):
+                                       "err": err, "cfg": dataclasses.asdict(cfg), "layout": po,
+                                       "pair_ordered": bool(po)})
+                    if (cfg, po) == (default_cfg, ""):
                         row["default_config"], row["default_us"] = name, t * 1e6
                     if best is None or t < best[0]:
                         best = (t, cfg, err, po)
@@ -451,7 +460,7 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                 calls = mine_calls(cfg, po)
                 calls[0]()
                 row["mine_config"] = config_name(cfg, po)
-                row["mine_cfg"] = dict(dataclasses.asdict(cfg), pair_ordered=po)
+                row["mine_cfg"] = dict(dataclasses.asdict(cfg), layout=po, pair_ordered=bool(po))
                 row["mine_err_vs_bf16"] = check(outs[0])
                 t, mode = time_calls(calls)
                 row["mine_us"], row["mine_timing"] = t * 1e6, mode
@@ -730,8 +739,8 @@ def main() -> int:
             for kind, (n, k) in SHAPES.items():
                 for m in args.tokens:
                     cfgs = list(candidates(m)) if args.sweep else []
-                    cfgs.append((default_moe_config(m, TOP_K, E, n, k, bits), False))
-                    jobs += [(bits, kind, dict(dataclasses.asdict(c), pair_ordered=po)) for c, po in cfgs]
+                    cfgs.append((default_moe_config(m, TOP_K, E, n, k, bits), ""))
+                    jobs += [(bits, kind, dict(dataclasses.asdict(c), layout=po)) for c, po in cfgs]
         meta["compile_errors"] = list(precompile(jobs, args.workers).values())
     if args.warm_only:
         if warm_thread is not None:

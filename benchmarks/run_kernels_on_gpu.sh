@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# The kernel benchmark and GPU kernel tests on a GPU machine that has torch + Triton but not this
-# project installed (the lent device): installs the Humming wheel from .whl/kernels (fetch it first,
-# see docs/benchmarks-kernels.md), maps the source folders into the dedicated.* namespace, fills the
+# The kernel benchmark and GPU kernel tests on the lent GPU machine (set-up: gpu_env.sh): fills the
 # compile caches in parallel, runs the GPU kernel tests, then the benchmark.
 # Usage: bash benchmarks/run_kernels_on_gpu.sh OUT_DIR [extra bench_kernels.py arguments]
 set -euo pipefail
 out=${1:?usage: run_kernels_on_gpu.sh OUT_DIR [bench args]}
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out" /tmp/ns/dedicated
-python3 -m pip install -q --no-index --no-deps --target /tmp/site "$root"/.whl/kernels/*.whl
-for pkg in kernels quantize_job; do ln -sfn "$root/$pkg" "/tmp/ns/dedicated/$pkg"; done
-export PYTHONPATH=/tmp/ns:/tmp/site TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+mkdir -p "$out"
+source "$root/benchmarks/gpu_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 start=$(date +%s)
 python3 "$root/benchmarks/bench_kernels.py" --warm-only --sweep "$@" > "$out/warm.log" 2>&1 || true

@@ -77,26 +77,35 @@ def resolve_offset(bits: int, offset: int | None) -> int:
     return int(offset)
 
 
-def check_packed(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int) -> tuple[int, int]:
-    """Validate a packed weight and its scales; return ``(N, K)`` of one matrix."""
+def check_packed(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
+                 tiled: bool = False) -> tuple[int, int]:
+    """Validate a packed weight and its scales; return ``(N, K)`` of one matrix.
+
+    ``tiled``: the weight is K-tile-major, ``[..., K/128, N, 128*bits/32]``
+    (:func:`dedicated.kernels.pair_order.to_pair_order` with ``tile_major=True``). Scales may have
+    any strides (an N-contiguous copy makes each K tile's scales one contiguous read).
+    """
     check_bits(bits)
     if packed.dtype != torch.int32:
         raise TypeError(f"packed weights must be int32, got {packed.dtype}")
-    if packed.dim() not in (2, 3):
+    if packed.dim() - tiled not in (2, 3):
         raise ValueError(f"packed weights must be [N, K*bits/32] or [E, N, K*bits/32], got {tuple(packed.shape)}")
     if group_size < 16 or group_size & (group_size - 1):
         raise ValueError(f"group_size must be a power of two >= 16, got {group_size}")
-    n, words = packed.shape[-2], packed.shape[-1]
+    if tiled:
+        lead, n, words = packed.shape[:-3], packed.shape[-2], packed.shape[-3] * packed.shape[-1]
+    else:
+        lead, n, words = packed.shape[:-2], packed.shape[-2], packed.shape[-1]
     k = words * 32 // bits
     if k % group_size:
         raise ValueError(f"input dim {k} is not a multiple of group_size {group_size}")
-    expected = (*packed.shape[:-1], k // group_size)
+    expected = (*lead, n, k // group_size)
     if tuple(scales.shape) != expected:
         raise ValueError(f"scales must be {expected} for packed weights {tuple(packed.shape)}, got {tuple(scales.shape)}")
     if scales.device != packed.device:
         raise ValueError(f"scales are on {scales.device} but packed weights on {packed.device}")
-    if packed.stride(-1) != 1 or scales.stride(-1) != 1:
-        raise ValueError("packed weights and scales must be contiguous along their last dimension")
+    if packed.stride(-1) != 1:
+        raise ValueError("packed weights must be contiguous along their last dimension")
     return n, k
 
 
@@ -133,6 +142,7 @@ def dequantize(
 ) -> torch.Tensor:
     """Packed ``[N, K*bits/32]`` (or ``[E, N, ...]``) + scales -> dense ``[N, K]`` (or ``[E, N, K]``)."""
     n, k = check_packed(packed, scales, bits, group_size)
+    scales = scales.contiguous()  # this kernel reads each row's groups contiguously
     off = resolve_offset(bits, offset)
     squeeze = packed.dim() == 2
     p3 = packed.unsqueeze(0) if squeeze else packed

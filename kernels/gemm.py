@@ -104,7 +104,7 @@ def dq_gemm_kernel(
     a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr,
     sorted_ids_ptr, expert_ids_ptr, npad_ptr,
     M, N, K, NUM_VALID, NUM_PID_M,
-    stride_am, stride_ak, stride_we, stride_wn, stride_se, stride_sn, stride_cm, stride_cn,
+    stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sg, stride_cm, stride_cn,
     BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr,
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -155,10 +155,10 @@ def dq_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if MODE == 2:
         acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
-                                  BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED)
+                                  stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED)
     else:
         acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am,
-                                  stride_ak, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
+                                  stride_ak, stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
     if MUL_ROUTED:
         rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
         if SWAP_AB:
@@ -180,7 +180,7 @@ def dq_gemm_kernel(
 
 @triton.jit
 def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am, stride_ak,
-                        BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
+                        stride_wk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
                         SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr):
     """Unpack modes 0/1: the whole ``[BLOCK_N, BLOCK_K]`` weight tile becomes one bf16 operand."""
     PW: tl.constexpr = 32 // BITS
@@ -188,8 +188,8 @@ def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, 
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + korder[None, :] * stride_ak
     for k0 in range(k_lo, k_hi, BLOCK_K):
         a = tl.load(a_base + k0 * stride_ak, mask=row_ok[:, None], other=0.0)
-        w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
-        s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_base + (k0 // BLOCK_K) * stride_wk, mask=n_ok[:, None], other=0)
+        s = tl.load(s_base + (k0 // GROUP) * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
         b = unpack_biased(w, BITS, MODE)
         if SCALE_B:
             # (128 + v) * s - (128 + offset) * s is exact in fp32; one rounding to bf16 after.
@@ -211,7 +211,7 @@ def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, 
 
 @triton.jit
 def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
-                        BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr,
+                        stride_wk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr,
                         SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr):
     """Unpack mode 2: one MMA per field pair, its operand built in the registers the MMA reads.
@@ -245,8 +245,8 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
         STEP: tl.constexpr = 1
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + kq[None, :] * stride_ak
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        w = tl.load(w_base + k0 // PW)
-        s = tl.load(s_base + k0 // GROUP)
+        w = tl.load(w_base + (k0 // BLOCK_K) * stride_wk)
+        s = tl.load(s_base + (k0 // GROUP) * stride_sg)
         t = tl.zeros(acc.shape, dtype=tl.float32)
         asum = tl.zeros((a_rows.shape[0],), dtype=tl.float32)
         for i in tl.static_range(HALF):
@@ -283,7 +283,7 @@ def dq_fma_kernel(
     a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr,
     sorted_ids_ptr, expert_ids_ptr, npad_ptr,
     M, N, K, NUM_VALID, NUM_PID_M,
-    stride_am, stride_ak, stride_we, stride_wn, stride_se, stride_sn, stride_cm, stride_cn,
+    stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sg, stride_cm, stride_cn,
     BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr,
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -317,8 +317,8 @@ def dq_fma_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N, BKW), dtype=tl.float32)
     corr = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
-        s = tl.load(s_base + k0 // GROUP, mask=n_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_base + (k0 // BLOCK_K) * stride_wk, mask=n_ok[:, None], other=0)
+        s = tl.load(s_base + (k0 // GROUP) * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
         asum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for j in tl.static_range(PW):
             SH = 23 - BITS - BITS * j  # a constexpr per unrolled step (not re-annotated: Triton forbids it)
@@ -356,8 +356,7 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     args = (x, packed, scales, c, rw, sorted_ids, expert_ids, npad, m, n, k, num_valid, num_pid_m,
-            x.stride(0), x.stride(1), w_strides[0], w_strides[1], s_strides[0], s_strides[1],
-            c.stride(0), c.stride(1))
+            x.stride(0), x.stride(1), *w_strides, *s_strides, c.stride(0), c.stride(1))
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n) * cfg.split_k,)
     if cfg.kernel == "fma":
         dq_fma_kernel[grid](*args, **common)
@@ -369,6 +368,15 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
                          **common)
     if c is not out:
         out.copy_(c)
+
+
+def weight_strides(packed: torch.Tensor, cfg: GemmConfig, bits: int, tiled: bool) -> tuple[int, int]:
+    """(row stride, stride between consecutive K tiles of the launch) in words, for one matrix:
+    ``[..., N, K*bits/32]`` or K-tile-major ``[..., K/128, N, 128*bits/32]``
+    (:func:`dedicated.kernels.pair_order.to_pair_order` with ``tile_major=True``)."""
+    if tiled:
+        return packed.stride(-2), packed.stride(-3)
+    return packed.stride(-2), cfg.block_k * bits // 32 * packed.stride(-1)
 
 
 def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool) -> GemmConfig:
@@ -442,9 +450,11 @@ def dequant_gemm(
 
     ``pair_ordered``: ``packed`` is in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
     """
-    if packed.dim() != 2:
-        raise ValueError(f"dense packed weight must be [N, K*bits/32], got {tuple(packed.shape)}")
-    n, k = check_packed(packed, scales, bits, group_size)
+    tiled = packed.dim() == 3
+    if packed.dim() != 2 and not (tiled and pair_ordered):
+        raise ValueError(f"dense packed weight must be [N, K*bits/32] (or K-tile-major pair-ordered "
+                         f"[K/{PAIR_TILE_K}, N, {PAIR_TILE_K}*bits/32]), got {tuple(packed.shape)}")
+    n, k = check_packed(packed, scales, bits, group_size, tiled)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]
@@ -456,6 +466,6 @@ def dequant_gemm(
     x = prepare_activations(x, cfg, bits)
     num_pid_m = triton.cdiv(m, cfg.block_m)
     launch(cfg, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
-           (0, packed.stride(0)), (0, scales.stride(0)), bits, group_size, off,
+           (0, *weight_strides(packed, cfg, bits, tiled)), (0, *scales.stride()), bits, group_size, off,
            is_moe=False, row_div=1, mul_routed=False, pair_ordered=pair_ordered)
     return out

@@ -21,7 +21,8 @@ import torch
 import triton
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.gemm import GemmConfig, check_activations, launch, prepare_activations, resolve_config
+from dedicated.kernels.gemm import (GemmConfig, check_activations, launch, prepare_activations, resolve_config,
+                                    weight_strides)
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,11 @@ def moe_gemm(
     its routing weight. ``config.block_m`` must equal ``routing.block_m``. ``pair_ordered``: the
     weights are in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
     """
-    if packed.dim() != 3:
-        raise ValueError(f"MoE packed weights must be [E, N, K*bits/32], got {tuple(packed.shape)}")
-    n, k = check_packed(packed, scales, bits, group_size)
+    tiled = packed.dim() == 4
+    if packed.dim() != 3 and not (tiled and pair_ordered):
+        raise ValueError(f"MoE packed weights must be [E, N, K*bits/32] (or K-tile-major pair-ordered "
+                         f"[E, K/128, N, 128*bits/32]), got {tuple(packed.shape)}")
+    n, k = check_packed(packed, scales, bits, group_size, tiled)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     e = packed.shape[0]
@@ -152,8 +155,8 @@ def moe_gemm(
     num_pid_m = routing.max_blocks
     rw = topk_weights if topk_weights is not None else x
     launch(cfg, x, packed, scales, out, rw, routing.sorted_ids, routing.expert_ids, routing.num_padded,
-           routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), packed.stride(1)),
-           (scales.stride(0), scales.stride(1)), bits, group_size, off,
+           routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), *weight_strides(packed, cfg, bits, tiled)),
+           scales.stride(), bits, group_size, off,
            is_moe=True, row_div=row_div, mul_routed=topk_weights is not None, pair_ordered=pair_ordered)
     return out
 
@@ -182,10 +185,10 @@ def fused_moe(
     """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum."""
     m, top_k = topk_ids.shape
     e = w13.shape[0]
-    n13 = w13.shape[1]
+    n13 = w13.shape[-2]  # [E, N, K*bits/32] or K-tile-major [E, K/128, N, 128*bits/32]
     k = x.shape[1]
     cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered)
-    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[1], n13 // 2, bits, pair_ordered)
+    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered)
     r13 = moe_align(topk_ids, e, cfg13.block_m)
     r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
     h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered)

@@ -12,6 +12,10 @@ loads it with asynchronous copies and no per-pair fence.
 
 Codes and scales are unchanged; only the bit positions of codes inside the tile's words move. The
 layout is a property of the tensor: pass ``pair_ordered=True`` to the GEMMs along with such weights.
+
+``tile_major=True`` also moves each 128-wide K tile's words of all N rows next to each other
+(``[..., K/128, N, 128*bits/32]``), so a launch's weight tile is one contiguous read instead of
+N short ones a row apart; :func:`n_major_scales` does the same for the scales.
 """
 
 from __future__ import annotations
@@ -75,11 +79,24 @@ def _relay(packed: torch.Tensor, bits: int, to_pairs: bool) -> torch.Tensor:
     return _pack_fields(moved.reshape(*lead, tiles * PAIR_TILE_K // pw, pw), bits).reshape(packed.shape)
 
 
-def to_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Checkpoint layout ``[..., N, K * bits / 32]`` -> pair-ordered words of the same shape."""
-    return _relay(packed, bits, to_pairs=True)
+def to_pair_order(packed: torch.Tensor, bits: int, tile_major: bool = False) -> torch.Tensor:
+    """Checkpoint layout ``[..., N, K * bits / 32]`` -> pair-ordered words of the same shape, or
+    with ``tile_major`` K-tile-major ``[..., K/128, N, 128 * bits / 32]`` (contiguous)."""
+    words = _relay(packed, bits, to_pairs=True)
+    if not tile_major:
+        return words
+    wc = PAIR_TILE_K * bits // 32
+    return words.reshape(*packed.shape[:-1], -1, wc).transpose(-2, -3).contiguous()
 
 
-def from_pair_order(packed: torch.Tensor, bits: int) -> torch.Tensor:
+def from_pair_order(packed: torch.Tensor, bits: int, tile_major: bool = False) -> torch.Tensor:
     """The inverse of :func:`to_pair_order` (for checks and for writing a checkpoint back)."""
-    return _relay(packed, bits, to_pairs=False)
+    if tile_major:
+        packed = packed.transpose(-2, -3).reshape(*packed.shape[:-3], packed.shape[-2], -1)
+    return _relay(packed.contiguous(), bits, to_pairs=False)
+
+
+def n_major_scales(scales: torch.Tensor) -> torch.Tensor:
+    """The same ``[..., N, K/group]`` scales stored N-contiguous, so the scales of one K tile are one
+    contiguous read (the GEMMs take any strides)."""
+    return scales.transpose(-1, -2).contiguous().transpose(-1, -2)

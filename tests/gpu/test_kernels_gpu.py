@@ -8,6 +8,8 @@ output with NaN first, draws fresh random inputs, and compares with the plain-to
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -178,7 +180,7 @@ def test_pair_ordered_weights_at_real_shapes(experts, m):
     """Weights re-laid once into pair order give the checkpoint layout's result with every
     default (mode-2) config the tables pick for them."""
     from dedicated.kernels.moe_gemm import default_moe_config
-    from dedicated.kernels.pair_order import from_pair_order, to_pair_order
+    from dedicated.kernels.pair_order import from_pair_order, n_major_scales, to_pair_order
 
     bits, w13, s13, w2, s2 = experts
     ids, weights = route(m, seed=100 + m)
@@ -194,6 +196,11 @@ def test_pair_ordered_weights_at_real_shapes(experts, m):
         want = ref.moe_gemm_ref(x, w, s, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32,
                                 weight_dtype=weight_dtype(cfg))
         assert rel_err(got, want) < 1e-4, cfg.short()
+        # the same on K-tile-major words with N-contiguous scales, split over K as well
+        tiled, s_n = to_pair_order(w, bits, tile_major=True), n_major_scales(s)
+        for c in (cfg, dataclasses.replace(cfg, split_k=2)):
+            got = moe_gemm(x, tiled, s_n, r, bits, GROUP, topk_weights=tw, config=c, out=out.clone(), pair_ordered=True)
+            assert rel_err(got, want) < 1e-4, c.short()
 
 
 def test_fused_moe_real_shapes(experts):

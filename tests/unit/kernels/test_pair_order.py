@@ -10,7 +10,7 @@ from dedicated.kernels import reference as ref
 from dedicated.kernels.configs import TUNED, moe_config
 from dedicated.kernels.gemm import GemmConfig, dequant_gemm
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
-from dedicated.kernels.pair_order import from_pair_order, pair_positions, to_pair_order
+from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
 from dedicated.quantize_job.bitpack import pack
 
 E, GROUP = 8, 128
@@ -82,6 +82,34 @@ def test_dense_gemm_and_fused_moe_read_pair_ordered_weights():
     ordered = fused_moe(xm, to_pair_order(w13, bits), s13, to_pair_order(w2, bits), s2, ids, tw, bits, GROUP,
                         pair_ordered=True)  # default configs: the tables' mode-2 entries
     assert rel_err(ordered, natural) < 2e-2  # bf16 intermediate; configs may differ in accumulation order
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_tile_major_layout_and_n_major_scales(bits):
+    m, top_k, n, k = 5, 3, 40, 384
+    packed, scales = weights(n, k, bits, seed=bits + 7)
+    tiled = to_pair_order(packed, bits, tile_major=True)
+    assert tiled.shape == (E, k // 128, n, 128 * bits // 32) and tiled.is_contiguous()
+    assert torch.equal(from_pair_order(tiled, bits, tile_major=True), packed)
+    s_n = n_major_scales(scales)
+    assert torch.equal(s_n, scales) and s_n.stride(-2) == 1
+    g = torch.Generator().manual_seed(5)
+    ids = torch.stack([torch.randperm(6, generator=g)[:top_k] for _ in range(m)])
+    tw = torch.rand(m, top_k, generator=g)
+    xd = torch.randn(m * top_k, k, generator=g).to(torch.bfloat16)
+    want = ref.moe_gemm_ref(xd, packed, scales, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32)
+    for cfg in (GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2),
+                GemmConfig(block_m=16, block_n=16, block_k=128, swap_ab=True, mode=2, scale_b=True, split_k=2)):
+        r = moe_align(ids, E, cfg.block_m)
+        got = moe_gemm(xd, tiled, s_n, r, bits, GROUP, topk_weights=tw, config=cfg, out=torch.empty(m * top_k, n),
+                       pair_ordered=True)
+        assert rel_err(got, want) < (5e-3 if cfg.scale_b and bits == 4 else 1e-5), cfg.short()
+    # dense: [K/128, N, words]
+    x = torch.randn(3, k, generator=g).to(torch.bfloat16)
+    got = dequant_gemm(x, tiled[1], s_n[1], bits, GROUP, config=PAIR, out=torch.empty(3, n), pair_ordered=True)
+    assert rel_err(got, dequant_gemm(x, packed[1], scales[1], bits, GROUP, config=PAIR, out=torch.empty(3, n))) < 1e-5
+    with pytest.raises(ValueError, match="K-tile-major"):
+        moe_gemm(xd, tiled, s_n, moe_align(ids, E, 16), bits, GROUP, config=PAIR)  # not marked pair-ordered
 
 
 def test_pair_ordered_weights_refuse_a_config_that_cannot_read_them():
