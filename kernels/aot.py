@@ -26,17 +26,21 @@ _POINTERS = {"a_ptr": "*bf16", "c_ptr": "*bf16", "rw_ptr": "*fp32", "w_ptr": "*i
              "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32"}
 
 
-def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, pair_ordered: bool = False):
+def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, pair_ordered: bool = False,
+                tile_major: bool = False):
     """Compile one MoE launch (``kind``: "gate_up" reads token rows, "down" pair rows + weights;
-    ``pair_ordered``: weights in :mod:`dedicated.kernels.pair_order`'s layout)."""
+    ``pair_ordered``: weights in :mod:`dedicated.kernels.pair_order`'s layout; ``tile_major``: its
+    K-tile-major form with N-contiguous scales)."""
     fn = dq_fma_kernel if cfg.kernel == "fma" else dq_gemm_kernel
     constexprs = dict(
         BITS=bits, GROUP=128, OFFSET=1 << (bits - 1), IS_MOE=True, A_ROW_DIV=8 if kind == "gate_up" else 1,
         MUL_ROUTED=kind == "down", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
     )
     constexprs.update(stride_ak=1, stride_cn=1)  # a launch specialises unit strides into constants
+    constexprs.update(stride_sn=1) if tile_major else constexprs.update(stride_sg=1)
     if cfg.kernel != "fma":
         constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b, SPLIT_K=cfg.split_k,
+                          W_TILED=tile_major,
                           A_PERMUTED=cfg.permute_a or pair_ordered)
     signature = {}
     for name in fn.arg_names:
@@ -47,7 +51,8 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     # multiples of 16 at every shape served (K, N, row strides). Without it the SASS shows scalar
     # loads where the launched kernel has vector ones.
     aligned = [i for i, name in enumerate(fn.arg_names)
-               if name in _POINTERS or name in ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_cm")]
+               if name in _POINTERS or name in ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_cm")
+               or (tile_major and name in ("stride_wk", "stride_sg"))]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),

@@ -109,7 +109,7 @@ def dq_gemm_kernel(
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr,
-    A_PERMUTED: tl.constexpr, SPLIT_K: tl.constexpr,
+    A_PERMUTED: tl.constexpr, SPLIT_K: tl.constexpr, W_TILED: tl.constexpr,
 ):
     PW: tl.constexpr = 32 // BITS
     pid = tl.program_id(0)
@@ -155,7 +155,8 @@ def dq_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if MODE == 2:
         acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
-                                  stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED)
+                                  stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED,
+                                  W_TILED)
     else:
         acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am,
                                   stride_ak, stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
@@ -188,7 +189,7 @@ def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, 
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + korder[None, :] * stride_ak
     for k0 in range(k_lo, k_hi, BLOCK_K):
         a = tl.load(a_base + k0 * stride_ak, mask=row_ok[:, None], other=0.0)
-        w = tl.load(w_base + (k0 // BLOCK_K) * stride_wk, mask=n_ok[:, None], other=0)
+        w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
         s = tl.load(s_base + (k0 // GROUP) * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
         b = unpack_biased(w, BITS, MODE)
         if SCALE_B:
@@ -213,7 +214,7 @@ def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, 
 def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
                         stride_wk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr,
-                        SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr):
+                        SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr, W_TILED: tl.constexpr):
     """Unpack mode 2: one MMA per field pair, its operand built in the registers the MMA reads.
 
     Per word, one shift and one mask-or (:func:`pair_fields`) give the int32 holding fields ``i``
@@ -245,10 +246,13 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
         STEP: tl.constexpr = 1
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am + kq[None, :] * stride_ak
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        w = tl.load(w_base + (k0 // BLOCK_K) * stride_wk)
+        # K-tile-major words are a row apart per K tile; in a row-major layout the stride is the
+        # constexpr BLOCK_K // PW, which keeps the compiler's 16-byte alignment proof for 2-bit words
+        # (a run-time stride of 8 words loses it)
+        w = tl.load(w_base + ((k0 // BLOCK_K) * stride_wk if W_TILED else k0 // PW))
         s = tl.load(s_base + (k0 // GROUP) * stride_sg)
         t = tl.zeros(acc.shape, dtype=tl.float32)
-        asum = tl.zeros((a_rows.shape[0],), dtype=tl.float32)
+        a_sum = tl.zeros((a_rows.shape[0], 2 * WC), dtype=tl.float32)
         for i in tl.static_range(HALF):
             p = pair_fields(w >> (i * BITS), BITS, UPCAST)
             b = tl.join(p.to(tl.int16), (p >> 16).to(tl.int16))
@@ -264,12 +268,13 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
                 else:
                     acc = mma_acc(a, tl.trans(bs), acc, UPCAST)
             else:
-                asum += tl.sum(a.to(tl.float32), axis=1)
+                a_sum += a.to(tl.float32)  # reduced once per K tile, below
                 if SWAP_AB:
                     t = mma_acc(b, tl.trans(a), t, UPCAST)
                 else:
                     t = mma_acc(a, tl.trans(b), t, UPCAST)
         if not SCALE_B:
+            asum = tl.sum(a_sum, axis=1)
             sf = s.to(tl.float32)
             if SWAP_AB:
                 acc += (t - asum[None, :] * (128.0 + OFFSET)) * sf[:, None]
@@ -317,7 +322,7 @@ def dq_fma_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N, BKW), dtype=tl.float32)
     corr = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        w = tl.load(w_base + (k0 // BLOCK_K) * stride_wk, mask=n_ok[:, None], other=0)
+        w = tl.load(w_base + k0 // PW, mask=n_ok[:, None], other=0)
         s = tl.load(s_base + (k0 // GROUP) * stride_sg, mask=n_ok, other=0.0).to(tl.float32)
         asum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for j in tl.static_range(PW):
@@ -342,7 +347,7 @@ def dq_fma_kernel(
 
 def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, npad,
            m, n, k, num_valid, num_pid_m, w_strides, s_strides, bits, group, offset,
-           is_moe, row_div, mul_routed, pair_ordered: bool = False) -> None:
+           is_moe, row_div, mul_routed, pair_ordered: bool = False, w_tiled: bool = False) -> None:
     """One launch of the chosen kernel; shared by the dense and the MoE entry points."""
     interpreted = is_interpreted(dq_gemm_kernel)
     c = out
@@ -364,8 +369,8 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
     if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits (a pair MMA takes 16 K)")
     dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
-                         A_PERMUTED=cfg.permute_a or pair_ordered, SPLIT_K=cfg.split_k, UPCAST=interpreted,
-                         **common)
+                         A_PERMUTED=cfg.permute_a or pair_ordered, SPLIT_K=cfg.split_k, W_TILED=w_tiled,
+                         UPCAST=interpreted, **common)
     if c is not out:
         out.copy_(c)
 
@@ -467,5 +472,5 @@ def dequant_gemm(
     num_pid_m = triton.cdiv(m, cfg.block_m)
     launch(cfg, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
            (0, *weight_strides(packed, cfg, bits, tiled)), (0, *scales.stride()), bits, group_size, off,
-           is_moe=False, row_div=1, mul_routed=False, pair_ordered=pair_ordered)
+           is_moe=False, row_div=1, mul_routed=False, pair_ordered=pair_ordered, w_tiled=tiled)
     return out
