@@ -21,9 +21,10 @@ def _mma(bm, bn, bk, swap, warps, stages, scale_b=False, mode=0, permute_a=False
                       num_stages=stages, scale_b=scale_b, permute_a=permute_a)
 
 
-def _pair(bm, bn, warps, stages, permute_a=False, scale_b=True) -> GemmConfig:
-    """Unpack mode 2 (pairs in the MMA's registers), swapped, 128-wide K tile: the runs 3-4 winners."""
-    return _mma(bm, bn, 128, True, warps, stages, scale_b=scale_b, mode=2, permute_a=permute_a)
+def _pair(bm, bn, warps, stages, permute_a=False, scale_b=True, split_k=1) -> GemmConfig:
+    """Unpack mode 2 (pairs in the MMA's registers), swapped, 128-wide K tile: the runs 3-7 winners."""
+    return GemmConfig(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=warps, num_stages=stages,
+                      scale_b=scale_b, permute_a=permute_a, split_k=split_k)
 
 
 INF = float("inf")
@@ -69,9 +70,10 @@ TUNED: dict[tuple[int, int, int], Table] = {
 }
 
 
-# Winners of the fourth H100 run for weights re-laid into pair order (dedicated.kernels.pair_order).
-# Here the unscaled variant (bias removed through the activation sum, scale per K tile) wins most
-# 4-bit decode sizes and the folded one the rest; 1.1-1.6x faster than the checkpoint layout.
+# Winners of the seventh H100 run (docs/benchmarks-kernels.md) for weights re-laid into pair order
+# (dedicated.kernels.pair_order), row-major words. The unscaled variant (bias removed through the
+# activation sum, scale per K tile) wins most 4-bit decode sizes, the folded one the rest; split-K
+# wins the single token (and 2-bit gate/up at 8 tokens, 4-bit gate/up up to 128).
 GENERIC_PAIR_ORDERED: Table = [
     (4.0, _pair(16, 128, 4, 3, scale_b=True)),
     (64.0, _pair(64, 128, 4, 3, scale_b=True)),
@@ -80,18 +82,11 @@ GENERIC_PAIR_ORDERED: Table = [
 
 TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
     (2, 1024, 2048): [
-        (0.1, _pair(16, 64, 4, 3, scale_b=True)),
-        (0.5, _pair(16, 128, 4, 3, scale_b=True)),
-        (1.0, _pair(16, 128, 4, 3, scale_b=False)),
-        (4.0, _pair(16, 128, 4, 3, scale_b=True)),
-        (INF, _pair(128, 128, 8, 3, scale_b=True)),
-    ],
-    (4, 1024, 2048): [
-        (0.1, _pair(16, 64, 4, 4, scale_b=False)),
-        (0.5, _pair(16, 128, 4, 3, scale_b=False)),
-        (1.0, _pair(16, 128, 4, 4, scale_b=False)),
+        (0.1, _pair(16, 64, 4, 3, scale_b=True, split_k=4)),
+        (0.5, _pair(16, 128, 4, 3, scale_b=False, split_k=2)),
         (4.0, _pair(16, 128, 4, 3, scale_b=False)),
-        (INF, _pair(128, 128, 8, 3, scale_b=True)),
+        (64.0, _pair(128, 128, 8, 3, scale_b=True)),
+        (INF, _pair(128, 256, 8, 3, scale_b=True)),
     ],
     (2, 2048, 512): [
         (0.1, _pair(16, 64, 4, 3, scale_b=True)),
@@ -99,19 +94,61 @@ TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
         (64.0, _pair(64, 128, 4, 3, scale_b=True)),
         (INF, _pair(128, 256, 8, 3, scale_b=True)),
     ],
+    (4, 1024, 2048): [
+        (1.0, _pair(16, 128, 4, 3, scale_b=False, split_k=4)),
+        (4.0, _pair(16, 128, 4, 4, scale_b=False, split_k=2)),
+        (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 128, 4, 3, scale_b=True)),
+    ],
     (4, 2048, 512): [
         (0.1, _pair(16, 64, 4, 3, scale_b=False)),
-        (0.5, _pair(16, 128, 4, 3, scale_b=False)),
-        (4.0, _pair(16, 128, 4, 4, scale_b=False)),
+        (4.0, _pair(16, 128, 4, 3, scale_b=False)),
+        (64.0, _pair(128, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 256, 8, 3, scale_b=True)),
+    ],
+}
+
+# The same run's winners for pair-ordered words stored K-tile-major with N-contiguous scales
+# (to_pair_order(tile_major=True), n_major_scales): each launch's weight tile is one contiguous
+# read. 1.08-1.29x faster than row-major pair order for 4-bit decode (8-128 tokens), 3-15% slower
+# at 2 bits and for prefill (docs/benchmarks-kernels.md).
+GENERIC_TILE_MAJOR: Table = GENERIC_PAIR_ORDERED
+
+TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
+    (2, 1024, 2048): [
+        (0.1, _pair(16, 64, 4, 3, scale_b=True, split_k=4)),
+        (0.5, _pair(16, 128, 4, 3, scale_b=True, split_k=4)),
+        (4.0, _pair(16, 128, 4, 3, scale_b=True)),
         (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 128, 8, 3, scale_b=True)),
+    ],
+    (2, 2048, 512): [
+        (0.1, _pair(16, 128, 4, 3, scale_b=False, split_k=4)),
+        (4.0, _pair(16, 128, 4, 3, scale_b=True)),
+        (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 256, 8, 3, scale_b=True)),
+    ],
+    (4, 1024, 2048): [
+        (0.1, _pair(16, 128, 4, 3, scale_b=False, split_k=4)),
+        (0.5, _pair(16, 128, 4, 4, scale_b=False)),
+        (4.0, _pair(16, 64, 4, 3, scale_b=False)),
+        (64.0, _pair(64, 128, 4, 3, scale_b=True)),
+        (INF, _pair(128, 128, 8, 3, scale_b=True)),
+    ],
+    (4, 2048, 512): [
+        (4.0, _pair(16, 128, 4, 3, scale_b=False)),
+        (64.0, _pair(128, 128, 4, 3, scale_b=True)),
         (INF, _pair(128, 256, 8, 3, scale_b=True)),
     ],
 }
 
 
-def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool = False) -> GemmConfig:
+def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool = False,
+               tile_major: bool = False) -> GemmConfig:
     """The tuned config for this size and weight layout (the generic rule for untuned shapes)."""
-    if pair_ordered:
+    if pair_ordered and tile_major:
+        table = TUNED_TILE_MAJOR.get((bits, n, k), GENERIC_TILE_MAJOR)
+    elif pair_ordered:
         table = TUNED_PAIR_ORDERED.get((bits, n, k), GENERIC_PAIR_ORDERED)
     else:
         table = TUNED.get((bits, n, k), GENERIC)
@@ -125,7 +162,8 @@ def all_configs() -> list[GemmConfig]:
     """Every distinct config the tables can return (the GPU tests check each one, on the checkpoint
     layout; pair-ordered weights are checked through the defaults)."""
     seen: dict[GemmConfig, None] = {}
-    for table in (GENERIC, *TUNED.values(), GENERIC_PAIR_ORDERED, *TUNED_PAIR_ORDERED.values()):
+    for table in (GENERIC, *TUNED.values(), GENERIC_PAIR_ORDERED, *TUNED_PAIR_ORDERED.values(),
+                  *TUNED_TILE_MAJOR.values()):
         for _, cfg in table:
             seen[cfg] = None
     return list(seen)

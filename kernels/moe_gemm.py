@@ -94,11 +94,12 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERout
 
 
 def default_moe_config(num_tokens: int, top_k: int, num_experts: int, n: int, k: int, bits: int,
-                       pair_ordered: bool = False) -> GemmConfig:
-    """Config by average tokens per expert (tuned on an H100; see docs/benchmarks-kernels.md)."""
+                       pair_ordered: bool = False, tile_major: bool = False) -> GemmConfig:
+    """Config by average tokens per expert and weight layout (tuned on an H100; see
+    docs/benchmarks-kernels.md)."""
     from dedicated.kernels.configs import moe_config
 
-    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits, pair_ordered)
+    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits, pair_ordered, tile_major)
 
 
 def moe_gemm(
@@ -188,8 +189,8 @@ def fused_moe(
     e = w13.shape[0]
     n13 = w13.shape[-2]  # [E, N, K*bits/32] or K-tile-major [E, K/128, N, 128*bits/32]
     k = x.shape[1]
-    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered)
-    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered)
+    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered, w13.dim() == 4)
+    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered, w2.dim() == 4)
     r13 = moe_align(topk_ids, e, cfg13.block_m)
     r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
     h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered)

@@ -128,5 +128,21 @@ def test_pair_ordered_weights_refuse_a_config_that_cannot_read_them():
 def test_default_configs_for_pair_ordered_weights_are_mode_2():
     for (bits, n, k), table in TUNED.items():
         for bound, _ in table:
-            cfg = moe_config(bound / 2, n, k, bits, pair_ordered=True)
-            assert cfg.mode == 2 and cfg.block_k == 128, (bits, n, k, bound, cfg.short())
+            for tile_major in (False, True):
+                cfg = moe_config(bound / 2, n, k, bits, pair_ordered=True, tile_major=tile_major)
+                assert cfg.mode == 2 and cfg.block_k == 128, (bits, n, k, bound, cfg.short())
+    # each layout has its own table: at 4 bits and 8 tokens per 32 experts they differ (run 7)
+    assert moe_config(0.25, 1024, 2048, 4, True, True) != moe_config(0.25, 1024, 2048, 4, True, False)
+
+
+def test_fused_moe_reads_tile_major_weights_with_their_table():
+    bits, group, m, top_k, hidden, inter = 4, 128, 4, 2, 128, 128
+    w13, s13 = weights(2 * inter, hidden, bits, seed=21)
+    w2, s2 = weights(hidden, inter, bits, seed=22)
+    ids = torch.tensor([[0, 1], [2, 3], [1, 5], [0, 4]])
+    tw = torch.full((m, top_k), 0.5)
+    x = torch.randn(m, hidden, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, tw, bits, group)
+    got = fused_moe(x, to_pair_order(w13, bits, tile_major=True), n_major_scales(s13),
+                    to_pair_order(w2, bits, tile_major=True), n_major_scales(s2), ids, tw, bits, group, pair_ordered=True)
+    assert rel_err(got, want) < 2e-2  # bf16 intermediate
