@@ -110,7 +110,7 @@ TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
 
 # The same run's winners for pair-ordered words stored K-tile-major with N-contiguous scales
 # (to_pair_order(tile_major=True), n_major_scales): each launch's weight tile is one contiguous
-# read. 1.08-1.29x faster than row-major pair order for 4-bit decode (8-128 tokens), 3-15% slower
+# read. 1.08-1.30x faster than row-major pair order for 4-bit decode (8-128 tokens), 3-18% slower
 # at 2 bits and for prefill (docs/benchmarks-kernels.md).
 GENERIC_TILE_MAJOR: Table = GENERIC_PAIR_ORDERED
 
