@@ -20,6 +20,13 @@ builds each operand register directly from a pair of fields and issues one MMA p
 2.5x fewer instructions per weight and 1.3-1.6x faster decode on an H100
 (docs/benchmarks-kernels.md).
 
+``split_k`` gives one output tile several programs, each over a slice of K, that add their partial
+products into the zeroed output (bf16 atomic adds: one more rounding per split, and the order of
+the adds, hence the last bit, varies between runs); it keeps every SM busy when a decode batch has
+few output tiles. The weights may be row-major ``[N, K*bits/32]`` words or, pair-ordered, K-tile-major
+``[K/128, N, 128*bits/32]`` (:mod:`dedicated.kernels.pair_order`), and the scales any strides: the
+kernel takes a K-tile stride and a group stride.
+
 ``kernel="fma"`` is a second kernel for decode (one to a few tokens per expert): no tensor cores,
 no shared-memory round trip. Each field of a word becomes the fp32 ``1 + v / 2**bits`` with one
 shift and one mask-or (its bits placed at the top of the mantissa: exact), is multiplied by its
