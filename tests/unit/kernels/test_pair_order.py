@@ -8,6 +8,7 @@ import torch
 
 from dedicated.kernels import reference as ref
 from dedicated.kernels.configs import TUNED, moe_config
+from dedicated.kernels.dequant import dequantize
 from dedicated.kernels.gemm import GemmConfig, dequant_gemm
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
 from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
@@ -110,6 +111,10 @@ def test_tile_major_layout_and_n_major_scales(bits):
     assert rel_err(got, dequant_gemm(x, packed[1], scales[1], bits, GROUP, config=PAIR, out=torch.empty(3, n))) < 1e-5
     with pytest.raises(ValueError, match="K-tile-major"):
         moe_gemm(xd, tiled, s_n, moe_align(ids, E, 16), bits, GROUP, config=PAIR)  # not marked pair-ordered
+    with pytest.raises(ValueError, match="scales must be"):
+        moe_gemm(xd, tiled, s_n[:, :-1], moe_align(ids, E, 16), bits, GROUP, config=PAIR, pair_ordered=True)
+    # every reader takes N-contiguous scales, the dequantizer too
+    assert torch.equal(dequantize(packed, s_n, bits, GROUP), dequantize(packed, scales, bits, GROUP))
 
 
 def test_pair_ordered_weights_refuse_a_config_that_cannot_read_them():
