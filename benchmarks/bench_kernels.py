@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -42,6 +43,7 @@ E, TOP_K, HIDDEN, INTER, GROUP = 256, 8, 2048, 512, 128
 SHAPES = {"gate_up": (2 * INTER, HIDDEN), "down": (HIDDEN, INTER)}  # (N, K)
 DEVICE = "cuda"
 T0 = time.time()
+ONLY = None  # --only: a regex the sweep's candidate names must match
 
 
 def log(msg: str) -> None:
@@ -229,9 +231,12 @@ def candidates(m: int) -> list:
         shapes = [(64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3),
                   (64, 256, 8, 4), (128, 128, 8, 4)]
         splits = (1,)
-    return [(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st, scale_b=sb,
-               split_k=sk), layout)
-            for bm, bn, w, st in shapes for sb in (False, True) for sk in splits for layout in ("po", "tm")]
+    out = [(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st, scale_b=sb,
+              split_k=sk), layout)
+           for bm, bn, w, st in shapes for sb in (False, True) for sk in splits for layout in ("po", "tm")]
+    if ONLY is not None:
+        out = [c for c in out if ONLY.search(config_name(*c))]
+    return out
 
 
 def _compile_one(job):
@@ -701,11 +706,15 @@ def main() -> int:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--skip-humming", action="store_true")
     p.add_argument("--skip-gsq", action="store_true")
+    p.add_argument("--only", default=None, help="sweep only the candidates whose name matches this regex")
     p.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     p.add_argument("--smoke", action="store_true", help="tiny CPU run through the Triton interpreter")
     p.add_argument("--warm-only", action="store_true",
                    help="only fill the Triton and Humming compile caches (run it beside the GPU tests)")
     args = p.parse_args()
+    if args.only:
+        global ONLY
+        ONLY = re.compile(args.only)
     if args.smoke:
         return smoke(args)
 
