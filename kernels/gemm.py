@@ -382,6 +382,19 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
         out.copy_(c)
 
 
+def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int, experts: bool,
+                       pair_ordered: bool) -> tuple[int, int, bool]:
+    """``(N, K, tiled)`` of a GEMM's weights: row-major words, or (pair-ordered only) K-tile-major,
+    told apart by their rank."""
+    lead, lead_shape = (1, "E, ") if experts else (0, "")
+    tiled = packed.dim() == lead + 3
+    if packed.dim() != lead + 2 and not (tiled and pair_ordered):
+        raise ValueError(f"packed weights must be [{lead_shape}N, K*bits/32] (or K-tile-major pair-ordered "
+                         f"[{lead_shape}K/{PAIR_TILE_K}, N, {PAIR_TILE_K}*bits/32]), got {tuple(packed.shape)}")
+    n, k = check_packed(packed, scales, bits, group_size, tiled)
+    return n, k, tiled
+
+
 def weight_strides(packed: torch.Tensor, cfg: GemmConfig, bits: int, tiled: bool) -> tuple[int, int]:
     """(row stride, stride between consecutive K tiles of the launch) in words, for one matrix:
     ``[..., N, K*bits/32]`` or K-tile-major ``[..., K/128, N, 128*bits/32]``
@@ -462,11 +475,7 @@ def dequant_gemm(
 
     ``pair_ordered``: ``packed`` is in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
     """
-    tiled = packed.dim() == 3
-    if packed.dim() != 2 and not (tiled and pair_ordered):
-        raise ValueError(f"dense packed weight must be [N, K*bits/32] (or K-tile-major pair-ordered "
-                         f"[K/{PAIR_TILE_K}, N, {PAIR_TILE_K}*bits/32]), got {tuple(packed.shape)}")
-    n, k = check_packed(packed, scales, bits, group_size, tiled)
+    n, k, tiled = check_gemm_weights(packed, scales, bits, group_size, experts=False, pair_ordered=pair_ordered)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.gemm import (GemmConfig, check_activations, launch, prepare_activations, resolve_config,
-                                    weight_strides)
+from dedicated.kernels.dequant import resolve_offset
+from dedicated.kernels.gemm import (GemmConfig, check_activations, check_gemm_weights, launch, prepare_activations,
+                                    resolve_config, weight_strides)
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,7 @@ def moe_gemm(
     its routing weight. ``config.block_m`` must equal ``routing.block_m``. ``pair_ordered``: the
     weights are in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
     """
-    tiled = packed.dim() == 4
-    if packed.dim() != 3 and not (tiled and pair_ordered):
-        raise ValueError(f"MoE packed weights must be [E, N, K*bits/32] (or K-tile-major pair-ordered "
-                         f"[E, K/128, N, 128*bits/32]), got {tuple(packed.shape)}")
-    n, k = check_packed(packed, scales, bits, group_size, tiled)
+    n, k, tiled = check_gemm_weights(packed, scales, bits, group_size, experts=True, pair_ordered=pair_ordered)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     e = packed.shape[0]
