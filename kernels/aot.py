@@ -51,8 +51,10 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     # multiples of 16 at every shape served (K, N, row strides). Without it the SASS shows scalar
     # loads where the launched kernel has vector ones.
     aligned = [i for i, name in enumerate(fn.arg_names)
-               if name in _POINTERS or name in ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_cm")
-               or (tile_major and name in ("stride_wk", "stride_sg"))]
+               if name in _POINTERS or name in ("N", "K", "stride_am", "stride_we", "stride_cm")
+               or (tile_major and name in ("stride_wk", "stride_sg"))
+               # K-tile-major rows are one tile's words apart: 16 at 4 bits, 8 (not a multiple of 16) at 2
+               or (name == "stride_wn" and not (tile_major and cfg.block_k * bits // 32 % 16))]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),

@@ -154,7 +154,14 @@ def dq_gemm_kernel(
     # Mode 2 reads rows past N from row N - 1 instead of masking its loads (their outputs are never
     # stored); modes 0/1 mask, as rows past N must read as zero there.
     n_w = tl.minimum(n, N - 1) if MODE == 2 else n
-    w_base = w_ptr + expert * stride_we + n_w[:, None] * stride_wn + tl.arange(0, BLOCK_K // PW)[None, :]
+    if W_TILED:
+        # K-tile-major rows are one tile's words apart: as a constexpr, so that the compiler can prove
+        # 16-byte alignment for 2-bit words too (the run-time stride 8 is not a multiple of 16 and
+        # made every weight load a 4-byte copy, seen in the sm_90 SASS)
+        w_rows = n_w[:, None] * (BLOCK_K // PW)
+    else:
+        w_rows = n_w[:, None] * stride_wn
+    w_base = w_ptr + expert * stride_we + w_rows + tl.arange(0, BLOCK_K // PW)[None, :]
     s_base = s_ptr + expert * stride_se + n_w * stride_sn
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -391,6 +398,8 @@ def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, gr
     if packed.dim() != lead + 2 and not (tiled and pair_ordered):
         raise ValueError(f"packed weights must be [{lead_shape}N, K*bits/32] (or K-tile-major pair-ordered "
                          f"[{lead_shape}K/{PAIR_TILE_K}, N, {PAIR_TILE_K}*bits/32]), got {tuple(packed.shape)}")
+    if tiled and packed.stride(-2) != packed.shape[-1]:
+        raise ValueError("K-tile-major weights must have contiguous rows (use to_pair_order(..., tile_major=True))")
     n, k = check_packed(packed, scales, bits, group_size, tiled)
     return n, k, tiled
 

@@ -111,6 +111,11 @@ def test_tile_major_layout_and_n_major_scales(bits):
     assert rel_err(got, dequant_gemm(x, packed[1], scales[1], bits, GROUP, config=PAIR, out=torch.empty(3, n))) < 1e-5
     with pytest.raises(ValueError, match="K-tile-major"):
         moe_gemm(xd, tiled, s_n, moe_align(ids, E, 16), bits, GROUP, config=PAIR)  # not marked pair-ordered
+    padded = torch.zeros(*tiled.shape[:-1], 2 * tiled.shape[-1], dtype=torch.int32)
+    padded[..., : tiled.shape[-1]] = tiled
+    with pytest.raises(ValueError, match="contiguous rows"):  # the kernel assumes rows a tile's words apart
+        moe_gemm(xd, padded[..., : tiled.shape[-1]], s_n, moe_align(ids, E, 16), bits, GROUP, config=PAIR,
+                 pair_ordered=True)
     with pytest.raises(ValueError, match="scales must be"):
         moe_gemm(xd, tiled, s_n[:, :-1], moe_align(ids, E, 16), bits, GROUP, config=PAIR, pair_ordered=True)
     # every reader takes N-contiguous scales, the dequantizer too
