@@ -111,7 +111,8 @@ TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
 # The same run's winners for pair-ordered words stored K-tile-major with N-contiguous scales
 # (to_pair_order(tile_major=True), n_major_scales): each launch's weight tile is one contiguous
 # read. 1.08-1.30x faster than row-major pair order for 4-bit decode (8-128 tokens), 3-18% slower
-# at 2 bits and for prefill (docs/benchmarks-kernels.md).
+# at 2 bits and for prefill (docs/benchmarks-kernels.md). The 2-bit rows were timed before a fix that
+# gave 2-bit K-tile-major launches 16-byte weight copies; re-time them at the next GPU run.
 GENERIC_TILE_MAJOR: Table = GENERIC_PAIR_ORDERED
 
 TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
