@@ -173,7 +173,7 @@ def dq_gemm_kernel(
                                   W_TILED)
     else:
         acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am,
-                                  stride_ak, stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
+                                  stride_ak, stride_sg, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
     if MUL_ROUTED:
         rw = tl.load(rw_ptr + c_rows, mask=row_ok, other=0.0).to(tl.float32)
         if SWAP_AB:
@@ -195,7 +195,7 @@ def dq_gemm_kernel(
 
 @triton.jit
 def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am, stride_ak,
-                        stride_wk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
+                        stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
                         SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr):
     """Unpack modes 0/1: the whole ``[BLOCK_N, BLOCK_K]`` weight tile becomes one bf16 operand."""
     PW: tl.constexpr = 32 // BITS
@@ -404,13 +404,12 @@ def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, gr
     return n, k, tiled
 
 
-def weight_strides(packed: torch.Tensor, cfg: GemmConfig, bits: int, tiled: bool) -> tuple[int, int]:
-    """(row stride, stride between consecutive K tiles of the launch) in words, for one matrix:
-    ``[..., N, K*bits/32]`` or K-tile-major ``[..., K/128, N, 128*bits/32]``
-    (:func:`dedicated.kernels.pair_order.to_pair_order` with ``tile_major=True``)."""
-    if tiled:
-        return packed.stride(-2), packed.stride(-3)
-    return packed.stride(-2), cfg.block_k * bits // 32 * packed.stride(-1)
+def weight_strides(packed: torch.Tensor, tiled: bool) -> tuple[int, int]:
+    """(row stride, K-tile stride) in words, for one matrix. The kernel reads the row stride only for
+    row-major ``[..., N, K*bits/32]`` words (their K tiles follow each other: a constexpr step) and
+    the K-tile stride only for K-tile-major ``[..., K/128, N, 128*bits/32]`` ones (their rows are
+    one tile apart: a constexpr step, see :func:`check_gemm_weights`)."""
+    return packed.stride(-2), packed.stride(-3) if tiled else 0
 
 
 def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool) -> GemmConfig:
@@ -496,6 +495,6 @@ def dequant_gemm(
     x = prepare_activations(x, cfg, bits)
     num_pid_m = triton.cdiv(m, cfg.block_m)
     launch(cfg, x, packed, scales, out, x, x, x, x, m, n, k, m, num_pid_m,
-           (0, *weight_strides(packed, cfg, bits, tiled)), (0, *scales.stride()), bits, group_size, off,
+           (0, *weight_strides(packed, tiled)), (0, *scales.stride()), bits, group_size, off,
            is_moe=False, row_div=1, mul_routed=False, pair_ordered=pair_ordered, w_tiled=tiled)
     return out

@@ -152,7 +152,7 @@ def moe_gemm(
     num_pid_m = routing.max_blocks
     rw = topk_weights if topk_weights is not None else x
     launch(cfg, x, packed, scales, out, rw, routing.sorted_ids, routing.expert_ids, routing.num_padded,
-           routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), *weight_strides(packed, cfg, bits, tiled)),
+           routing.num_tokens, n, k, pairs, num_pid_m, (packed.stride(0), *weight_strides(packed, tiled)),
            scales.stride(), bits, group_size, off,
            is_moe=True, row_div=row_div, mul_routed=topk_weights is not None, pair_ordered=pair_ordered,
            w_tiled=tiled)
