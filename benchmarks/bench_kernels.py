@@ -204,13 +204,32 @@ def bytes_moved(m: int, kind: str, bits: int, active: float) -> float:
 # ----------------------------------------------------------------------------------------- candidates
 
 
+# weight layouts (kernels/pair_order.py): name -> (K-tile-major with N-contiguous scales, pair tile K)
+LAYOUTS = {"po": (False, 128), "tm": (True, 128), "po256": (False, 256), "tm256": (True, 256)}
+
+
 def config_name(cfg, layout: str) -> str:
     """``layout``: "" checkpoint words, "po" pair-ordered, "tm" pair-ordered K-tile-major with
-    N-contiguous scales (kernels/pair_order.py)."""
+    N-contiguous scales; "po256" / "tm256" the same over 256-wide K tiles (:data:`LAYOUTS`)."""
     return cfg.short() + (f"+{layout}" if layout else "")
 
 
-def candidates(m: int) -> list:
+def tile_k_of(layout: str) -> int:
+    return LAYOUTS[layout][1] if layout else 128
+
+
+def lay_out(packed, scales, bits: int, layout: str):
+    """The weights and scales as a launch on ``layout`` reads them (re-laid once, outside timing)."""
+    from dedicated.kernels.pair_order import n_major_scales, to_pair_order
+
+    if not layout:
+        return packed, scales
+    tile_major, tile_k = LAYOUTS[layout]
+    words = to_pair_order(packed, bits, tile_major=tile_major, tile_k=tile_k)
+    return words, (n_major_scales(scales) if tile_major else scales)
+
+
+def candidates(m: int, bits: int) -> list:
     """(config, weight layout) pairs the sweep tries (layouts: :func:`config_name`).
 
     Run 4 found every shape's winner on pair-ordered weights, so runs 6-7 sweep that layout only (the
@@ -219,6 +238,11 @@ def candidates(m: int) -> list:
     unpack (mode 2) in the tile shapes that won before, with and without the scale folded, and for
     decode with the K range split over 1, 2 or 4 programs (``split_k``). Run 5 also tried mma.sync
     code on Hopper (never faster than wgmma, up to 1.5x slower at prefill), so it is gone.
+
+    Run 8 adds, at 2 bits, the layouts over 256-wide K tiles read with ``block_k=256`` (pair MMAs
+    32 deep instead of 16: -19% loop instructions per weight byte in the sm_90 SASS; at 4 bits the
+    wide tile needs 217 registers at 128 rows, so it is not tried), and at 4 bits a 96-register cap
+    (``max_regs``: 5 CTAs per SM instead of 4 for the decode tiles, no spills in ptxas).
     """
     from dedicated.kernels.gemm import GemmConfig as C
 
@@ -234,6 +258,19 @@ def candidates(m: int) -> list:
     out = [(C(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=w, num_stages=st, scale_b=sb,
               split_k=sk), layout)
            for bm, bn, w, st in shapes for sb in (False, True) for sk in splits for layout in ("po", "tm")]
+    if bits == 2:
+        if m <= 128:
+            wide = [(bm, bn, w, st, sb, sk) for bm, bn, w, st in shapes for sb in (False, True) for sk in splits]
+        else:  # the scale folded won every prefill shape; a 256-deep activation tile limits the stages
+            wide = [(bm, bn, w, st, True, 1) for bm, bn, w, st in
+                    [(64, 128, 4, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 256, 8, 2), (64, 256, 8, 3)]]
+        out += [(C(block_m=bm, block_n=bn, block_k=256, swap_ab=True, mode=2, num_warps=w, num_stages=st,
+                   scale_b=sb, split_k=sk), layout)
+                for bm, bn, w, st, sb, sk in wide for layout in ("po256", "tm256")]
+    elif m <= 128:
+        out += [(C(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=st,
+                   scale_b=sb, max_regs=96), layout)
+                for st in (3, 4) for sb in (False, True) for layout in ("po", "tm")]
     if ONLY is not None:
         out = [c for c in out if ONLY.search(config_name(*c))]
     return out
@@ -248,20 +285,18 @@ def _compile_one(job):
         from dedicated.kernels.gemm import GemmConfig
         from dedicated.kernels.moe_gemm import moe_align, moe_gemm
 
-        from dedicated.kernels.pair_order import n_major_scales, to_pair_order
-
         layout = cfg_dict.pop("layout", "")
         cfg = GemmConfig(**cfg_dict)
         n, k = SHAPES[kind]
         packed = torch.zeros(E, n, k * bits // 32, dtype=torch.int32, device=DEVICE)
         scales = torch.ones(E, n, k // GROUP, dtype=torch.bfloat16, device=DEVICE)
-        if layout == "tm":
-            packed, scales = to_pair_order(packed, bits, tile_major=True), n_major_scales(scales)
+        packed, scales = lay_out(packed, scales, bits, layout)
         ids = torch.arange(TOP_K, dtype=torch.int32, device=DEVICE).view(1, TOP_K)
         r = moe_align(ids, E, cfg.block_m)
         x = torch.zeros(1 if kind == "gate_up" else TOP_K, k, dtype=torch.bfloat16, device=DEVICE)
         tw = torch.ones(1, TOP_K, device=DEVICE) if kind == "down" else None
-        moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg, pair_ordered=bool(layout))
+        moe_gemm(x, packed, scales, r, bits, GROUP, topk_weights=tw, config=cfg, pair_ordered=bool(layout),
+                 pair_tile_k=tile_k_of(layout))
         torch.cuda.synchronize()
         return None
     except Exception as exc:  # noqa: BLE001
@@ -378,16 +413,14 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
 
     from dedicated.kernels.dequant import dequantize
     from dedicated.kernels.moe_gemm import default_moe_config, moe_align, moe_gemm
-    from dedicated.kernels.pair_order import n_major_scales, to_pair_order
-
     for bits in args.bits:
         for kind, (n, k) in SHAPES.items():
             log(f"== {bits}-bit {kind}: N={n} K={k}")
             packed, scales = random_packed(n, k, bits, seed=bits * 10 + len(kind))
             w_t = dequantize(packed, scales, bits, GROUP).transpose(1, 2)  # [E, K, N] column-major view
             # re-laid once, outside timing (as Humming's transform() is for Humming)
-            layouts = {"": (packed, scales), "po": (to_pair_order(packed, bits), scales),
-                       "tm": (to_pair_order(packed, bits, tile_major=True), n_major_scales(scales))}
+            layouts = {name: lay_out(packed, scales, bits, name) for name in ("", *LAYOUTS)
+                       if k % tile_k_of(name) == 0}
             hum = None
             if not args.skip_humming:
                 try:
@@ -422,7 +455,8 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                     for i, r in enumerate(routing_for(cfg.block_m)):
                         tw = routes[i][1] if kind == "down" else None
                         calls.append(lambda r=r, tw=tw, o=outs[i]: moe_gemm(x, w, sc, r, bits, GROUP, topk_weights=tw,
-                                                                            config=cfg, out=o, pair_ordered=bool(layout)))
+                                                                            config=cfg, out=o, pair_ordered=bool(layout),
+                                                                            pair_tile_k=tile_k_of(layout)))
                     return calls
 
                 # reference for correctness: bf16 torch on the dequantized weights
@@ -435,7 +469,8 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                     return ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
 
                 default_cfg = default_moe_config(m, TOP_K, E, n, k, bits)
-                tried = [(default_cfg, "")] + ([c for c in candidates(m) if c != (default_cfg, "")] if args.sweep else [])
+                tried = [(default_cfg, "")] + ([c for c in candidates(m, bits) if c != (default_cfg, "") and c[1] in layouts]
+                                                if args.sweep else [])
                 best = None
                 for cfg, po in tried:
                     name = config_name(cfg, po)
@@ -747,7 +782,7 @@ def main() -> int:
         for bits in args.bits:
             for kind, (n, k) in SHAPES.items():
                 for m in args.tokens:
-                    cfgs = list(candidates(m)) if args.sweep else []
+                    cfgs = list(candidates(m, bits)) if args.sweep else []
                     cfgs.append((default_moe_config(m, TOP_K, E, n, k, bits), ""))
                     jobs += [(bits, kind, dict(dataclasses.asdict(c), layout=po)) for c, po in cfgs]
         meta["compile_errors"] = list(precompile(jobs, args.workers).values())
@@ -793,7 +828,7 @@ def smoke(args) -> int:
     plumbing errors before spending GPU time. The numbers it prints mean nothing."""
     global DEVICE, E, SHAPES
     os.environ["TRITON_INTERPRET"] = "1"
-    DEVICE, E, SHAPES = "cpu", 16, {"gate_up": (64, 128), "down": (128, 128)}
+    DEVICE, E, SHAPES = "cpu", 16, {"gate_up": (64, 256), "down": (128, 256)}  # K=256: every layout
     args.skip_humming = True
     args.tokens = [1, 5]
     args.bits = [2]
@@ -806,7 +841,7 @@ def smoke(args) -> int:
         except Exception:  # noqa: BLE001
             traceback.print_exc()
     print(table(meta, results, extra))
-    print("candidates:", len(candidates(1)), len(candidates(8192)))
+    print("candidates:", *(len(candidates(m, b)) for b in (2, 4) for m in (1, 8, 32, 128, 8192)))
     return 0 if results else 1
 
 

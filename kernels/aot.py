@@ -57,8 +57,10 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
                or (name == "stride_wn" and not (tile_major and cfg.block_k * bits // 32 % 16))]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if cfg.max_regs is not None:
+        options["maxnreg"] = cfg.max_regs
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,10 @@ generic rule, which is the shape-independent part of the same measurements.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dedicated.kernels.gemm import GemmConfig
+from dedicated.kernels.pair_order import PAIR_TILE_K
 
 Table = list[tuple[float, GemmConfig]]  # (max average tokens per expert, config); first fit wins
 
@@ -145,8 +148,31 @@ TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
 
 
 def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool = False,
-               tile_major: bool = False) -> GemmConfig:
-    """The tuned config for this size and weight layout (the generic rule for untuned shapes)."""
+               tile_major: bool = False, pair_tile_k: int = PAIR_TILE_K) -> GemmConfig:
+    """The tuned config for this size and weight layout (the generic rule for untuned shapes).
+
+    The pair-ordered tables are for weights laid out over 128-wide K tiles; for another tile the
+    same config reads it with ``block_k`` set to that tile.
+    """
+    cfg = _lookup(avg_tokens_per_expert, n, k, bits, pair_ordered, tile_major)
+    if pair_ordered and cfg.block_k != pair_tile_k:
+        cfg = replace(cfg, block_k=pair_tile_k)
+        while cfg.num_stages > 2 and pipeline_bytes(cfg, bits) > SHARED_MEMORY_BUDGET:
+            cfg = replace(cfg, num_stages=cfg.num_stages - 1)  # a deeper tile holds fewer stages
+    return cfg
+
+
+SHARED_MEMORY_BUDGET = 200 * 1024  # of an H100 SM's 227 KB per block, with room for the epilogue
+
+
+def pipeline_bytes(cfg: GemmConfig, bits: int) -> int:
+    """Shared memory the software pipeline's buffers take: per stage one activation tile (bf16) and
+    one packed weight tile (an estimate: Triton adds a little for barriers and the epilogue)."""
+    return cfg.num_stages * (cfg.block_m * cfg.block_k * 2 + cfg.block_n * cfg.block_k * bits // 8)
+
+
+def _lookup(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool,
+            tile_major: bool) -> GemmConfig:
     if pair_ordered and tile_major:
         table = TUNED_TILE_MAJOR.get((bits, n, k), GENERIC_TILE_MAJOR)
     elif pair_ordered:

@@ -64,6 +64,7 @@ class GemmConfig:
     kernel: str = "mma"  # "mma": tensor cores; "fma": CUDA-core GEMV for a few tokens per block
     permute_a: bool = False  # mode 2: reorder activation columns once per call so each pair's are contiguous
     split_k: int = 1  # programs per output tile, each over 1/split_k of K, summed by bf16 atomic adds
+    max_regs: int | None = None  # cap on registers per thread (ptx .maxnreg): more CTAs per SM, or spills
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -82,16 +83,28 @@ class GemmConfig:
             raise ValueError(f"split_k must be a positive power of two, got {self.split_k}")
         if self.kernel == "fma" and self.split_k > 1:
             raise ValueError("split_k applies to the tensor-core kernel only")
+        if self.max_regs is not None and not 24 <= self.max_regs <= 255:
+            raise ValueError(f"max_regs must lie in [24, 255], got {self.max_regs}")
 
     def pair_mma_too_short(self, bits: int) -> bool:
         """A pair-register (mode 2) tile gives each pair MMA ``2 * block_k * bits / 32`` K: under 16,
         too shallow for a bf16 tensor-core MMA."""
         return self.kernel == "mma" and self.mode == 2 and 2 * self.block_k * bits // 32 < 16
 
-    def for_group(self, group_size: int, bits: int) -> "GemmConfig":
-        """Clamp the K tile so it never straddles a scale group; a pair-register config (mode 2)
+    def spans_two_groups(self, group_size: int, bits: int, pair_ordered: bool) -> bool:
+        """A pair-register tile over pair-ordered weights may cover two scale groups: each pair MMA
+        reads ``2 * block_k * bits / 32`` contiguous K columns, which then lie inside one group, and
+        the kernel switches scale half-way through the pairs. Weights in the checkpoint layout cannot
+        (``permute_a`` included): each pair takes a field of every word of the tile, so of both groups."""
+        pair_k = 2 * self.block_k * bits // 32
+        return (self.kernel == "mma" and self.mode == 2 and pair_ordered
+                and self.block_k == 2 * group_size and group_size % pair_k == 0)
+
+    def for_group(self, group_size: int, bits: int, pair_ordered: bool = False) -> "GemmConfig":
+        """Clamp the K tile so that no MMA straddles a scale group; a pair-register config (mode 2)
         whose clamped tile is too short for a pair MMA falls back to the interleave unpack."""
-        cfg = self if self.block_k <= group_size else replace(self, block_k=group_size)
+        wide = self.spans_two_groups(group_size, bits, pair_ordered)
+        cfg = self if self.block_k <= group_size or wide else replace(self, block_k=group_size)
         if cfg.pair_mma_too_short(bits):
             cfg = replace(cfg, mode=0, permute_a=False)
         return cfg
@@ -102,7 +115,7 @@ class GemmConfig:
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
             f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
-            f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}"
+            f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}{f'-r{self.max_regs}' if self.max_regs else ''}"
         )
 
 
@@ -251,6 +264,10 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
     PW: tl.constexpr = 32 // BITS
     HALF: tl.constexpr = PW // 2
     WC: tl.constexpr = BLOCK_K // PW
+    # A K tile twice the scale group (GemmConfig.for_group allows it for pair-ordered columns only):
+    # the first half of the pairs reads group 2j's scale, the second half group 2j + 1's.
+    GROUPS: tl.constexpr = BLOCK_K // GROUP if BLOCK_K > GROUP else 1
+    PAIRS_PER_GROUP: tl.constexpr = HALF // GROUPS
     q = tl.arange(0, 2 * WC)
     if A_PERMUTED:
         kq = q
@@ -264,36 +281,47 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
         # constexpr BLOCK_K // PW, which keeps the compiler's 16-byte alignment proof for 2-bit words
         # (a run-time stride of 8 words loses it)
         w = tl.load(w_base + ((k0 // BLOCK_K) * stride_wk if W_TILED else k0 // PW))
-        s = tl.load(s_base + (k0 // GROUP) * stride_sg)
+        if GROUPS == 1:
+            s = tl.load(s_base + (k0 // GROUP) * stride_sg)
+            s_hi = s
+        else:
+            s, s_hi = tl.split(tl.load(s_base[:, None] + (k0 // GROUP + tl.arange(0, 2))[None, :] * stride_sg))
         t = tl.zeros(acc.shape, dtype=tl.float32)
         a_sum = tl.zeros((a_rows.shape[0], 2 * WC), dtype=tl.float32)
         for i in tl.static_range(HALF):
+            if i < PAIRS_PER_GROUP:
+                sg = s
+            else:
+                sg = s_hi
             p = pair_fields(w >> (i * BITS), BITS, UPCAST)
             b = tl.join(p.to(tl.int16), (p >> 16).to(tl.int16))
             b = tl.reshape(b, (BLOCK_N, 2 * WC)).to(tl.bfloat16, bitcast=True)
             a = tl.load(a_base + (k0 + i * STEP) * stride_ak, mask=row_ok[:, None], other=0.0)
             if SCALE_B:
                 if UPCAST:  # the interpreter does no bf16 arithmetic; fp32 rounds the same (exact product)
-                    bs = ((b.to(tl.float32) - (128.0 + OFFSET)) * s.to(tl.float32)[:, None]).to(tl.bfloat16)
+                    bs = ((b.to(tl.float32) - (128.0 + OFFSET)) * sg.to(tl.float32)[:, None]).to(tl.bfloat16)
                 else:
-                    bs = (b - (128.0 + OFFSET)).to(tl.bfloat16) * s.to(tl.bfloat16)[:, None]
+                    bs = (b - (128.0 + OFFSET)).to(tl.bfloat16) * sg.to(tl.bfloat16)[:, None]
                 if SWAP_AB:
                     acc = mma_acc(bs, tl.trans(a), acc, UPCAST)
                 else:
                     acc = mma_acc(a, tl.trans(bs), acc, UPCAST)
             else:
-                a_sum += a.to(tl.float32)  # reduced once per K tile, below
+                a_sum += a.to(tl.float32)  # reduced once per scale group, below
                 if SWAP_AB:
                     t = mma_acc(b, tl.trans(a), t, UPCAST)
                 else:
                     t = mma_acc(a, tl.trans(b), t, UPCAST)
-        if not SCALE_B:
-            asum = tl.sum(a_sum, axis=1)
-            sf = s.to(tl.float32)
-            if SWAP_AB:
-                acc += (t - asum[None, :] * (128.0 + OFFSET)) * sf[:, None]
-            else:
-                acc += (t - asum[:, None] * (128.0 + OFFSET)) * sf[None, :]
+                if (i + 1) % PAIRS_PER_GROUP == 0:  # the group's last pair: remove the bias, apply its scale
+                    asum = tl.sum(a_sum, axis=1)
+                    sf = sg.to(tl.float32)
+                    if SWAP_AB:
+                        acc += (t - asum[None, :] * (128.0 + OFFSET)) * sf[:, None]
+                    else:
+                        acc += (t - asum[:, None] * (128.0 + OFFSET)) * sf[None, :]
+                    if i + 1 < HALF:
+                        t = tl.zeros(acc.shape, dtype=tl.float32)
+                        a_sum = tl.zeros((a_rows.shape[0], 2 * WC), dtype=tl.float32)
     return acc
 
 
@@ -377,6 +405,8 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
     args = (x, packed, scales, c, rw, sorted_ids, expert_ids, npad, m, n, k, num_valid, num_pid_m,
             x.stride(0), x.stride(1), *w_strides, *s_strides, c.stride(0), c.stride(1))
     grid = (num_pid_m * triton.cdiv(n, cfg.block_n) * cfg.split_k,)
+    if cfg.max_regs is not None and not interpreted:
+        common["maxnreg"] = cfg.max_regs
     if cfg.kernel == "fma":
         dq_fma_kernel[grid](*args, **common)
         return
@@ -390,16 +420,19 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
 
 
 def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int, experts: bool,
-                       pair_ordered: bool) -> tuple[int, int, bool]:
+                       pair_ordered: bool, pair_tile_k: int = PAIR_TILE_K) -> tuple[int, int, bool]:
     """``(N, K, tiled)`` of a GEMM's weights: row-major words, or (pair-ordered only) K-tile-major,
     told apart by their rank."""
     lead, lead_shape = (1, "E, ") if experts else (0, "")
     tiled = packed.dim() == lead + 3
     if packed.dim() != lead + 2 and not (tiled and pair_ordered):
         raise ValueError(f"packed weights must be [{lead_shape}N, K*bits/32] (or K-tile-major pair-ordered "
-                         f"[{lead_shape}K/{PAIR_TILE_K}, N, {PAIR_TILE_K}*bits/32]), got {tuple(packed.shape)}")
+                         f"[{lead_shape}K/tile_k, N, tile_k*bits/32]), got {tuple(packed.shape)}")
     if tiled and packed.stride(-2) != packed.shape[-1]:
         raise ValueError("K-tile-major weights must have contiguous rows (use to_pair_order(..., tile_major=True))")
+    if tiled and packed.shape[-1] * 32 // bits != pair_tile_k:
+        raise ValueError(f"K-tile-major weights hold {packed.shape[-1] * 32 // bits}-wide K tiles but "
+                         f"pair_tile_k={pair_tile_k} was given")
     n, k = check_packed(packed, scales, bits, group_size, tiled)
     return n, k, tiled
 
@@ -412,16 +445,18 @@ def weight_strides(packed: torch.Tensor, tiled: bool) -> tuple[int, int]:
     return packed.stride(-2), packed.stride(-3) if tiled else 0
 
 
-def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool) -> GemmConfig:
-    """The config a launch really uses, and a clear error where it cannot read the weights' layout."""
-    cfg = cfg.for_group(group_size, bits)
+def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool,
+                   pair_tile_k: int = PAIR_TILE_K) -> GemmConfig:
+    """The config a launch really uses, and a clear error where it cannot read the weights' layout
+    (``pair_tile_k``: the K tile the pair-ordered weights were laid out over)."""
+    cfg = cfg.for_group(group_size, bits, pair_ordered)
     if pair_ordered:
         if group_size % PAIR_TILE_K:
             raise ValueError(f"pair-ordered weights need a scale group that is a multiple of {PAIR_TILE_K}, "
                              f"got {group_size}")
-        if cfg.kernel != "mma" or cfg.mode != 2 or cfg.block_k != PAIR_TILE_K:
-            raise ValueError(f"pair-ordered weights are read by unpack mode 2 with block_k={PAIR_TILE_K} only, "
-                             f"got {cfg.short()}")
+        if cfg.kernel != "mma" or cfg.mode != 2 or cfg.block_k != pair_tile_k:
+            raise ValueError(f"pair-ordered weights are read by unpack mode 2 with block_k equal to their layout's "
+                             f"K tile ({pair_tile_k}), got {cfg.short()}")
         cfg = replace(cfg, permute_a=False)  # the weights' layout already matches natural activations
     return cfg
 
@@ -478,16 +513,22 @@ def dequant_gemm(
     config: GemmConfig | None = None,
     out: torch.Tensor | None = None,
     pair_ordered: bool = False,
+    pair_tile_k: int = PAIR_TILE_K,
 ) -> torch.Tensor:
     """``x @ dequantize(packed, scales).T`` for a dense layer, never materialising the weight.
 
-    ``pair_ordered``: ``packed`` is in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
+    ``pair_ordered``: ``packed`` is in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`
+    (built over ``pair_tile_k``-wide K tiles).
     """
-    n, k, tiled = check_gemm_weights(packed, scales, bits, group_size, experts=False, pair_ordered=pair_ordered)
+    n, k, tiled = check_gemm_weights(packed, scales, bits, group_size, experts=False, pair_ordered=pair_ordered,
+                                     pair_tile_k=pair_tile_k)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     m = x.shape[0]
-    cfg = resolve_config(config or default_dense_config(m, n, k, bits), group_size, bits, pair_ordered)
+    default = default_dense_config(m, n, k, bits)
+    if pair_ordered and pair_tile_k != default.block_k:
+        default = replace(default, block_k=pair_tile_k)
+    cfg = resolve_config(config or default, group_size, bits, pair_ordered, pair_tile_k)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:

@@ -23,6 +23,7 @@ import triton
 from dedicated.kernels.dequant import resolve_offset
 from dedicated.kernels.gemm import (GemmConfig, check_activations, check_gemm_weights, launch, prepare_activations,
                                     resolve_config, weight_strides)
+from dedicated.kernels.pair_order import PAIR_TILE_K
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,13 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERout
 
 
 def default_moe_config(num_tokens: int, top_k: int, num_experts: int, n: int, k: int, bits: int,
-                       pair_ordered: bool = False, tile_major: bool = False) -> GemmConfig:
+                       pair_ordered: bool = False, tile_major: bool = False,
+                       pair_tile_k: int = PAIR_TILE_K) -> GemmConfig:
     """Config by average tokens per expert and weight layout (tuned on an H100; see
     docs/benchmarks-kernels.md)."""
     from dedicated.kernels.configs import moe_config
 
-    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits, pair_ordered, tile_major)
+    return moe_config(num_tokens * top_k / max(num_experts, 1), n, k, bits, pair_ordered, tile_major, pair_tile_k)
 
 
 def moe_gemm(
@@ -114,15 +116,18 @@ def moe_gemm(
     config: GemmConfig | None = None,
     out: torch.Tensor | None = None,
     pair_ordered: bool = False,
+    pair_tile_k: int = PAIR_TILE_K,
 ) -> torch.Tensor:
     """Per (token, expert) pair: ``x_row @ dequantize(W[expert]).T``, output ``[M * top_k, N]``.
 
     ``x`` is ``[M, K]`` (each token feeds its ``top_k`` experts: gate/up) or ``[M * top_k, K]``
     (one row per pair: down). ``topk_weights`` ``[M, top_k]``, if given, scales each output row by
     its routing weight. ``config.block_m`` must equal ``routing.block_m``. ``pair_ordered``: the
-    weights are in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`.
+    weights are in the layout of :func:`dedicated.kernels.pair_order.to_pair_order`, built over
+    ``pair_tile_k``-wide K tiles.
     """
-    n, k, tiled = check_gemm_weights(packed, scales, bits, group_size, experts=True, pair_ordered=pair_ordered)
+    n, k, tiled = check_gemm_weights(packed, scales, bits, group_size, experts=True, pair_ordered=pair_ordered,
+                                     pair_tile_k=pair_tile_k)
     check_activations(x, k, packed)
     off = resolve_offset(bits, offset)
     e = packed.shape[0]
@@ -137,7 +142,7 @@ def moe_gemm(
         raise ValueError(
             f"activations have {x.shape[0]} rows; expected {routing.num_tokens} (tokens) or {pairs} (pairs)"
         )
-    cfg = resolve_config(config or GemmConfig(block_m=routing.block_m), group_size, bits, pair_ordered)
+    cfg = resolve_config(config or GemmConfig(block_m=routing.block_m), group_size, bits, pair_ordered, pair_tile_k)
     if cfg.block_m != routing.block_m:
         raise ValueError(f"config.block_m={cfg.block_m} but routing was aligned to {routing.block_m}")
     if topk_weights is not None:
@@ -179,18 +184,21 @@ def fused_moe(
     gate_up_config: GemmConfig | None = None,
     down_config: GemmConfig | None = None,
     pair_ordered: bool = False,
+    pair_tile_k: int = PAIR_TILE_K,
 ) -> torch.Tensor:
     """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum."""
     m, top_k = topk_ids.shape
     e = w13.shape[0]
     n13 = w13.shape[-2]  # [E, N, K*bits/32] or K-tile-major [E, K/128, N, 128*bits/32]
     k = x.shape[1]
-    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered, w13.dim() == 4)
-    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered, w2.dim() == 4)
+    cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered, w13.dim() == 4, pair_tile_k)
+    cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered, w2.dim() == 4,
+                                             pair_tile_k)
     r13 = moe_align(topk_ids, e, cfg13.block_m)
     r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
-    h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered)
+    h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered,
+                 pair_tile_k=pair_tile_k)
     a = silu_and_mul(h)
     y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2,
-                 pair_ordered=pair_ordered)
+                 pair_ordered=pair_ordered, pair_tile_k=pair_tile_k)
     return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)

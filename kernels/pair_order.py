@@ -16,6 +16,11 @@ layout is a property of the tensor: pass ``pair_ordered=True`` to the GEMMs alon
 ``tile_major=True`` also moves each 128-wide K tile's words of all N rows next to each other
 (``[..., K/128, N, 128*bits/32]``), so a launch's weight tile is one contiguous read instead of
 N short ones a row apart; :func:`n_major_scales` does the same for the scales.
+
+``tile_k=256`` builds the same order over 256-wide K tiles, read by launches with ``block_k=256``.
+At 2 bits that gives each pair MMA 32 K instead of 16 (half the per-pair work per weight byte),
+and each pair's 32 columns still lie inside one 128-wide scale group, so a K tile covers two groups
+without a pair ever straddling them.
 """
 
 from __future__ import annotations
@@ -53,47 +58,54 @@ def _pack_fields(fields: torch.Tensor, bits: int) -> torch.Tensor:
     return (words - ((words >> 31) & 1) * (1 << 32)).to(torch.int32)  # wrap to signed int32
 
 
-def _check(packed: torch.Tensor, bits: int) -> None:
+PAIR_TILES_K = (128, 256)  # the K tiles a pair-ordered layout can be built for
+
+
+def _check(packed: torch.Tensor, bits: int, tile_k: int) -> None:
     if bits not in (2, 4):
         raise ValueError(f"the pair-ordered layout exists for 2- and 4-bit weights, not {bits}-bit")
+    if tile_k not in PAIR_TILES_K:
+        raise ValueError(f"the pair-ordered layout is built over K tiles of {PAIR_TILES_K}, not {tile_k}")
     if packed.dtype != torch.int32:
         raise TypeError(f"packed weights must be int32, got {packed.dtype}")
     k = packed.shape[-1] * (32 // bits)
-    if k % PAIR_TILE_K:
-        raise ValueError(f"K={k} is not a multiple of the layout's {PAIR_TILE_K}-wide tile")
+    if k % tile_k:
+        raise ValueError(f"K={k} is not a multiple of the layout's {tile_k}-wide tile")
 
 
-def _relay(packed: torch.Tensor, bits: int, to_pairs: bool) -> torch.Tensor:
+def _relay(packed: torch.Tensor, bits: int, to_pairs: bool, tile_k: int) -> torch.Tensor:
     """Move codes within each K tile: gather into pair order, or scatter back to natural order."""
-    _check(packed, bits)
+    _check(packed, bits, tile_k)
     pw = 32 // bits
     lead = packed.shape[:-1]
-    tiles = packed.shape[-1] * pw // PAIR_TILE_K
-    codes = _unpack_fields(packed, bits).reshape(*lead, tiles, PAIR_TILE_K)
-    source = pair_positions(bits, packed.device)  # pair-ordered word c field f <- natural column source
+    tiles = packed.shape[-1] * pw // tile_k
+    codes = _unpack_fields(packed, bits).reshape(*lead, tiles, tile_k)
+    source = pair_positions(bits, packed.device, tile_k)  # pair-ordered word c field f <- natural column source
     if to_pairs:
         moved = codes[..., source]
     else:
         moved = torch.empty_like(codes)
         moved[..., source] = codes
-    return _pack_fields(moved.reshape(*lead, tiles * PAIR_TILE_K // pw, pw), bits).reshape(packed.shape)
+    return _pack_fields(moved.reshape(*lead, tiles * tile_k // pw, pw), bits).reshape(packed.shape)
 
 
-def to_pair_order(packed: torch.Tensor, bits: int, tile_major: bool = False) -> torch.Tensor:
+def to_pair_order(packed: torch.Tensor, bits: int, tile_major: bool = False,
+                  tile_k: int = PAIR_TILE_K) -> torch.Tensor:
     """Checkpoint layout ``[..., N, K * bits / 32]`` -> pair-ordered words of the same shape, or
-    with ``tile_major`` K-tile-major ``[..., K/128, N, 128 * bits / 32]`` (contiguous)."""
-    words = _relay(packed, bits, to_pairs=True)
+    with ``tile_major`` K-tile-major ``[..., K/tile_k, N, tile_k * bits / 32]`` (contiguous)."""
+    words = _relay(packed, bits, to_pairs=True, tile_k=tile_k)
     if not tile_major:
         return words
-    wc = PAIR_TILE_K * bits // 32
+    wc = tile_k * bits // 32
     return words.reshape(*packed.shape[:-1], -1, wc).transpose(-2, -3).contiguous()
 
 
-def from_pair_order(packed: torch.Tensor, bits: int, tile_major: bool = False) -> torch.Tensor:
+def from_pair_order(packed: torch.Tensor, bits: int, tile_major: bool = False,
+                    tile_k: int = PAIR_TILE_K) -> torch.Tensor:
     """The inverse of :func:`to_pair_order` (for checks and for writing a checkpoint back)."""
     if tile_major:
         packed = packed.transpose(-2, -3).reshape(*packed.shape[:-3], packed.shape[-2], -1)
-    return _relay(packed.contiguous(), bits, to_pairs=False)
+    return _relay(packed.contiguous(), bits, to_pairs=False, tile_k=tile_k)
 
 
 def n_major_scales(scales: torch.Tensor) -> torch.Tensor:

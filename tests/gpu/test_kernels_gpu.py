@@ -203,6 +203,43 @@ def test_pair_ordered_weights_at_real_shapes(experts, m):
             assert rel_err(got, want) < 1e-4, c.short()
 
 
+@pytest.mark.parametrize("m", [1, 8, 128, 2048])
+def test_wide_k_tiles_and_register_cap_at_real_shapes(experts, m):
+    """Pair order over 256-wide K tiles (two scale groups per tile; both layouts, scale folded or
+    not, split over K) and the 96-register cap, against the reference."""
+    from dedicated.kernels.moe_gemm import default_moe_config
+    from dedicated.kernels.pair_order import n_major_scales, to_pair_order
+
+    bits, w13, s13, w2, s2 = experts
+    ids, weights = route(m, seed=200 + m)
+    for x, w, s, n, k, tw in ((torch.randn(m, HIDDEN, device=DEV), w13, s13, 2 * INTER, HIDDEN, None),
+                              (torch.randn(m * TOP_K, INTER, device=DEV), w2, s2, HIDDEN, INTER, weights)):
+        x = x.to(torch.bfloat16)
+        base = default_moe_config(m, TOP_K, EXPERTS, n, k, bits, pair_ordered=True, pair_tile_k=256)
+        assert base.block_k == 256
+        r = moe_align(ids, EXPERTS, base.block_m)
+        for tile_major in (False, True):
+            wide = to_pair_order(w, bits, tile_major=tile_major, tile_k=256)
+            s_l = n_major_scales(s) if tile_major else s
+            for c in (base, dataclasses.replace(base, scale_b=not base.scale_b),
+                      dataclasses.replace(base, split_k=2)):
+                out = torch.full((m * TOP_K, n), float("nan"), device=DEV, dtype=torch.float32)
+                got = moe_gemm(x, wide, s_l, r, bits, GROUP, topk_weights=tw, config=c, out=out, pair_ordered=True,
+                               pair_tile_k=256)
+                want = ref.moe_gemm_ref(x, w, s, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32,
+                                        weight_dtype=weight_dtype(c))
+                assert rel_err(got, want) < 1e-4, (tile_major, c.short())
+        capped = dataclasses.replace(default_moe_config(m, TOP_K, EXPERTS, n, k, bits, pair_ordered=True),
+                                     max_regs=96)
+        r = moe_align(ids, EXPERTS, capped.block_m)
+        out = torch.full((m * TOP_K, n), float("nan"), device=DEV, dtype=torch.float32)
+        got = moe_gemm(x, to_pair_order(w, bits), s, r, bits, GROUP, topk_weights=tw, config=capped, out=out,
+                       pair_ordered=True)
+        want = ref.moe_gemm_ref(x, w, s, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32,
+                                weight_dtype=weight_dtype(capped))
+        assert rel_err(got, want) < 1e-4, capped.short()
+
+
 def test_fused_moe_real_shapes(experts):
     bits, w13, s13, w2, s2 = experts
     m = 64

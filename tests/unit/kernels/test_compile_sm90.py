@@ -26,12 +26,20 @@ cfgs = [
     # split-K (bf16 atomic adds)
     (GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=2, split_k=4), 4),
     (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, scale_b=True, split_k=2), 2),
+    # a register cap (ptx .maxnreg)
+    (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, max_regs=96), 4),
 ]
-for cfg, bits in cfgs:
-    kernel = compile_moe(cfg, bits, "gate_up")
+layouts = [(c, b, False) for c, b in cfgs] + [
+    # 256-wide K tiles over two scale groups, pair-ordered row-major and K-tile-major
+    (GemmConfig(block_m=16, block_n=128, block_k=256, swap_ab=True, mode=2), 2, False),
+    (GemmConfig(block_m=16, block_n=128, block_k=256, swap_ab=True, mode=2, scale_b=True, split_k=2), 2, True),
+]
+for cfg, bits, tile_major in layouts:
+    kernel = compile_moe(cfg, bits, "gate_up", pair_ordered=cfg.block_k == 256, tile_major=tile_major)
     assert kernel.asm.get("cubin"), cfg.short()
     # split-K adds its partial products with bf16 atomics; the other configs store
     assert (".add.noftz" in kernel.asm["ptx"]) == (cfg.split_k > 1), cfg.short()  # atom. or red.global...bf16
+    assert (".maxnreg 96" in kernel.asm["ptx"]) == (cfg.max_regs == 96), cfg.short()
     print("compiled", cfg.short(), bits)
 """
 
@@ -41,4 +49,4 @@ def test_representative_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 7
+    assert proc.stdout.count("compiled") == 10

@@ -1,0 +1,139 @@
+"""256-wide K tiles over 128-wide scale groups (pair-ordered columns only) and the register cap
+(Triton interpreter; the GPU tests run the same paths compiled)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dedicated.kernels import reference as ref
+from dedicated.kernels.configs import moe_config
+from dedicated.kernels.gemm import GemmConfig, dequant_gemm
+from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
+from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
+from dedicated.quantize_job.bitpack import pack
+
+E, GROUP = 8, 128
+
+
+def weights(n, k, bits, seed, experts=E):
+    g = torch.Generator().manual_seed(seed)
+    half = 1 << (bits - 1)
+    codes = torch.randint(-half, half, (experts, n, k), generator=g)
+    # scales that differ a lot between neighbouring groups: a pair read with the wrong group's scale fails
+    scales = (torch.rand(experts, n, k // GROUP, generator=g) * 0.05 + 0.002).to(torch.bfloat16)
+    return pack(codes + half, bits), scales
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def wide(scale_b, split_k=1, block_n=32):
+    return GemmConfig(block_m=16, block_n=block_n, block_k=256, swap_ab=True, mode=2, scale_b=scale_b,
+                      split_k=split_k)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_256_wide_layout_round_trips_and_keeps_each_pair_inside_one_group(bits):
+    pos = pair_positions(bits, torch.device("cpu"), 256)
+    assert sorted(pos.tolist()) == list(range(256))
+    pw = 32 // bits
+    pair_k = 2 * 256 // pw
+    pair_of = (torch.arange(256) % pw) % (pw // 2)  # natural column c * PW + f belongs to pair f % (PW/2)
+    # the columns a pair covers in the tile are contiguous and lie inside one 128-wide group
+    for i in range(pw // 2):
+        cols = pos[pair_of == i]
+        assert cols.min() == i * pair_k and cols.max() == (i + 1) * pair_k - 1
+        assert cols.min() // GROUP == cols.max() // GROUP
+    packed, _ = weights(6, 512, bits, seed=1, experts=2)
+    for tile_major in (False, True):
+        moved = to_pair_order(packed, bits, tile_major=tile_major, tile_k=256)
+        assert torch.equal(from_pair_order(moved, bits, tile_major=tile_major, tile_k=256), packed)
+    assert to_pair_order(packed, bits, tile_major=True, tile_k=256).shape == (2, 2, 6, 256 * bits // 32)
+    assert not torch.equal(to_pair_order(packed, bits, tile_k=256), to_pair_order(packed, bits))
+    with pytest.raises(ValueError, match="not a multiple of the layout's 256-wide tile"):
+        to_pair_order(packed[..., : 384 * bits // 32], bits, tile_k=256)
+    with pytest.raises(ValueError, match="built over K tiles"):
+        to_pair_order(packed, bits, tile_k=64)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("scale_b", [False, True])
+@pytest.mark.parametrize("tile_major", [False, True])
+def test_moe_gemm_on_256_wide_tiles_matches_the_reference(bits, scale_b, tile_major):
+    m, top_k, n, k = 5, 3, 40, 512
+    packed, scales = weights(n, k, bits, seed=bits + 3 * scale_b)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(6, generator=g)[:top_k] for _ in range(m)])
+    tw = torch.rand(m, top_k, generator=g)
+    xd = torch.randn(m * top_k, k, generator=g).to(torch.bfloat16)
+    w = to_pair_order(packed, bits, tile_major=tile_major, tile_k=256)
+    s = n_major_scales(scales) if tile_major else scales
+    want = ref.moe_gemm_ref(xd, packed, scales, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32)
+    for cfg in (wide(scale_b), wide(scale_b, split_k=2, block_n=16), wide(scale_b, split_k=4)):
+        r = moe_align(ids, E, cfg.block_m)
+        got = moe_gemm(xd, w, s, r, bits, GROUP, topk_weights=tw, config=cfg, out=torch.empty(m * top_k, n),
+                       pair_ordered=True, pair_tile_k=256)
+        # split-K (interpreted) adds the splits in fp32; the folded scale rounds each weight to bf16
+        assert rel_err(got, want) < (5e-3 if scale_b and bits == 4 else 3e-5), cfg.short()
+
+
+def test_a_wide_tile_needs_pair_ordered_weights():
+    bits, n, k = 2, 40, 512
+    packed, scales = weights(n, k, bits, seed=9, experts=1)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    want = ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32)
+    # checkpoint words: each pair takes a field of every word, so of both groups: the tile is clamped
+    # to the group, with natural or reordered (permute_a) activation columns alike
+    for cfg in (GemmConfig(block_m=16, block_n=32, block_k=256, swap_ab=True, mode=2, permute_a=True),
+                GemmConfig(block_m=16, block_n=32, block_k=256, swap_ab=True, mode=2)):
+        assert cfg.for_group(GROUP, bits).block_k == 128
+        assert cfg.for_group(GROUP, bits, pair_ordered=True).block_k == 256
+        got = dequant_gemm(x, packed[0], scales[0], bits, GROUP, config=cfg, out=torch.empty(3, n))
+        assert rel_err(got, want) < 3e-5
+    # dense pair-ordered weights over 256-wide tiles, with the default config
+    got = dequant_gemm(x, to_pair_order(packed[0], bits, tile_k=256), scales[0], bits, GROUP,
+                       out=torch.empty(3, n), pair_ordered=True, pair_tile_k=256)
+    assert rel_err(got, want) < 5e-3
+
+
+def test_layout_and_config_tiles_must_agree():
+    bits, n, k = 2, 32, 512
+    packed, scales = weights(n, k, bits, seed=4, experts=2)
+    ids = torch.tensor([[0, 1]])
+    x = torch.zeros(1, k, dtype=torch.bfloat16)
+    tiled = to_pair_order(packed, bits, tile_major=True, tile_k=256)
+    with pytest.raises(ValueError, match="hold 256-wide K tiles but pair_tile_k=128"):
+        moe_gemm(x, tiled, n_major_scales(scales), moe_align(ids, 2, 16), bits, GROUP, config=wide(True),
+                 pair_ordered=True)
+    with pytest.raises(ValueError, match=r"block_k equal to their layout's K tile \(256\)"):
+        moe_gemm(x, to_pair_order(packed, bits, tile_k=256), scales, moe_align(ids, 2, 16), bits, GROUP,
+                 config=GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2), pair_ordered=True,
+                 pair_tile_k=256)
+
+
+def test_tables_serve_256_wide_layouts_and_fused_moe_reads_them():
+    cfg = moe_config(0.25, 1024, 2048, 2, pair_ordered=True, tile_major=True, pair_tile_k=256)
+    assert cfg.block_k == 256 and cfg.mode == 2
+    bits, m, top_k, hidden, inter = 2, 4, 2, 256, 256
+    w13, s13 = weights(2 * inter, hidden, bits, seed=31)
+    w2, s2 = weights(hidden, inter, bits, seed=32)
+    ids = torch.tensor([[0, 1], [2, 3], [1, 5], [0, 4]])
+    tw = torch.full((m, top_k), 0.5)
+    x = torch.randn(m, hidden, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, tw, bits, GROUP)
+    got = fused_moe(x, to_pair_order(w13, bits, tile_k=256), s13, to_pair_order(w2, bits, tile_k=256), s2, ids, tw,
+                    bits, GROUP, pair_ordered=True, pair_tile_k=256)
+    assert rel_err(got, want) < 2e-2  # bf16 intermediate
+
+
+def test_register_cap_is_validated_named_and_harmless_when_interpreted():
+    with pytest.raises(ValueError, match="max_regs"):
+        GemmConfig(max_regs=8)
+    cfg = GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2, max_regs=96)
+    assert cfg.short().endswith("-r96")
+    packed, scales = weights(32, 256, 4, seed=2, experts=1)
+    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = dequant_gemm(x, packed[0], scales[0], 4, GROUP, config=cfg, out=torch.empty(2, 32))
+    assert rel_err(got, ref.dequant_gemm_ref(x, packed[0], scales[0], 4, GROUP, out_dtype=torch.float32)) < 3e-5
