@@ -241,8 +241,9 @@ def candidates(m: int, bits: int) -> list:
 
     Run 8 adds, at 2 bits, the layouts over 256-wide K tiles read with ``block_k=256`` (pair MMAs
     32 deep instead of 16: -19% loop instructions per weight byte in the sm_90 SASS; at 4 bits the
-    wide tile needs 217 registers at 128 rows, so it is not tried), and at 4 bits a 96-register cap
-    (``max_regs``: 5 CTAs per SM instead of 4 for the decode tiles, no spills in ptxas).
+    wide tile needs 217 registers at 128 rows, so only 64-row ones are tried, in run 9), and at 4 bits
+    a 96-register cap (``max_regs``: 5 CTAs per SM instead of 4 for the decode tiles, no spills in
+    ptxas; within 2% of uncapped at every shape in run 8).
     """
     from dedicated.kernels.gemm import GemmConfig as C
 
@@ -271,6 +272,10 @@ def candidates(m: int, bits: int) -> list:
         out += [(C(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=st,
                    scale_b=sb, max_regs=96), layout)
                 for st in (3, 4) for sb in (False, True) for layout in ("po", "tm")]
+        # 4-bit wide tiles at 64 rows (99 registers; 128 rows need 217)
+        out += [(C(block_m=16, block_n=64, block_k=256, swap_ab=True, mode=2, num_warps=4, num_stages=st,
+                   scale_b=sb, split_k=sk), layout)
+                for st in (3, 4) for sb in (False, True) for sk in (1, 2) for layout in ("po256", "tm256")]
     if ONLY is not None:
         out = [c for c in out if ONLY.search(config_name(*c))]
     return out

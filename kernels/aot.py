@@ -64,22 +64,22 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dedicated.kernels.configs import all_configs
+    from dedicated.kernels.configs import all_configs, wide_configs
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 4])
     p.add_argument("--fma", action="store_true", help="also compile a few CUDA-core (fma) configs")
     args = p.parse_args(argv)
-    cfgs = all_configs()
+    cfgs = [(cfg, False) for cfg in all_configs()] + [(cfg, True) for cfg in wide_configs()]
     if args.fma:
-        cfgs += [GemmConfig(block_m=bm, block_n=32, block_k=128, kernel="fma") for bm in (1, 4)]
+        cfgs += [(GemmConfig(block_m=bm, block_n=32, block_k=128, kernel="fma"), False) for bm in (1, 4)]
     failures = 0
-    for cfg in cfgs:
+    for cfg, pair_ordered in cfgs:
         for bits in args.bits:
             t = time.time()
             try:
-                compile_moe(cfg, bits, arch=args.arch)
+                compile_moe(cfg, bits, arch=args.arch, pair_ordered=pair_ordered)
                 print(f"ok   sm_{args.arch} {bits}-bit {cfg.short()} ({time.time() - t:.1f}s)", flush=True)
             except Exception as exc:  # noqa: BLE001 - report every failing config, then fail
                 failures += 1

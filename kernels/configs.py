@@ -24,10 +24,15 @@ def _mma(bm, bn, bk, swap, warps, stages, scale_b=False, mode=0, permute_a=False
                       num_stages=stages, scale_b=scale_b, permute_a=permute_a)
 
 
-def _pair(bm, bn, warps, stages, permute_a=False, scale_b=True, split_k=1) -> GemmConfig:
-    """Unpack mode 2 (pairs in the MMA's registers), swapped, 128-wide K tile: the runs 3-7 winners."""
-    return GemmConfig(block_m=bm, block_n=bn, block_k=128, swap_ab=True, mode=2, num_warps=warps, num_stages=stages,
-                      scale_b=scale_b, permute_a=permute_a, split_k=split_k)
+def _pair(bm, bn, warps, stages, permute_a=False, scale_b=True, split_k=1, block_k=128) -> GemmConfig:
+    """Unpack mode 2 (pairs in the MMA's registers), swapped: the runs 3-8 winners."""
+    return GemmConfig(block_m=bm, block_n=bn, block_k=block_k, swap_ab=True, mode=2, num_warps=warps,
+                      num_stages=stages, scale_b=scale_b, permute_a=permute_a, split_k=split_k)
+
+
+def _wide(bm, bn, warps, stages, scale_b=True, split_k=1) -> GemmConfig:
+    """The same over a 256-wide K tile (weights pair-ordered with ``tile_k=256``)."""
+    return _pair(bm, bn, warps, stages, scale_b=scale_b, split_k=split_k, block_k=256)
 
 
 INF = float("inf")
@@ -74,9 +79,10 @@ TUNED: dict[tuple[int, int, int], Table] = {
 
 
 # Winners of the seventh H100 run (docs/benchmarks-kernels.md) for weights re-laid into pair order
-# (dedicated.kernels.pair_order), row-major words. The unscaled variant (bias removed through the
-# activation sum, scale per K tile) wins most 4-bit decode sizes, the folded one the rest; split-K
-# wins the single token (and 2-bit gate/up at 8 tokens, 4-bit gate/up up to 128).
+# (dedicated.kernels.pair_order), row-major words; the eighth run found the same winners (within 2%).
+# The unscaled variant (bias removed through the activation sum, scale per K tile) wins most 4-bit
+# decode sizes, the folded one the rest; split-K wins the single token (and 2-bit gate/up at 8
+# tokens, 4-bit gate/up up to 128).
 GENERIC_PAIR_ORDERED: Table = [
     (4.0, _pair(16, 128, 4, 3, scale_b=True)),
     (64.0, _pair(64, 128, 4, 3, scale_b=True)),
@@ -111,17 +117,16 @@ TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
     ],
 }
 
-# The same run's winners for pair-ordered words stored K-tile-major with N-contiguous scales
+# Winners for pair-ordered words stored K-tile-major with N-contiguous scales
 # (to_pair_order(tile_major=True), n_major_scales): each launch's weight tile is one contiguous
-# read. 1.08-1.30x faster than row-major pair order for 4-bit decode (8-128 tokens), 3-18% slower
-# at 2 bits and for prefill (docs/benchmarks-kernels.md). The 2-bit rows were timed before a fix that
-# gave 2-bit K-tile-major launches 16-byte weight copies; re-time them at the next GPU run.
+# read. 4-bit rows from run 7 (confirmed by run 8), 2-bit rows from run 8 (after the fix that gave
+# 2-bit K-tile-major launches 16-byte weight copies). Against row-major pair order, run 8: 4-bit
+# decode (8-128 tokens) 1.10-1.31x faster, 2-bit decode 1-5% faster, prefill 1-13% slower.
 GENERIC_TILE_MAJOR: Table = GENERIC_PAIR_ORDERED
 
 TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
     (2, 1024, 2048): [
-        (0.1, _pair(16, 64, 4, 3, scale_b=True, split_k=4)),
-        (0.5, _pair(16, 128, 4, 3, scale_b=True, split_k=4)),
+        (0.5, _pair(16, 128, 4, 3, scale_b=False, split_k=4)),
         (4.0, _pair(16, 128, 4, 3, scale_b=True)),
         (64.0, _pair(64, 128, 4, 3, scale_b=True)),
         (INF, _pair(128, 128, 8, 3, scale_b=True)),
@@ -147,14 +152,81 @@ TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
 }
 
 
+# Run 8's winners for 2-bit weights pair-ordered over 256-wide K tiles (to_pair_order(tile_k=256)),
+# row-major and K-tile-major: each pair MMA is 32 deep, and each tile covers two scale groups. Gate/up
+# (K=2048) 1.03-1.14x faster than the best 128-wide layout at 1-128 tokens; the down GEMM (K=512, two
+# such tiles) 2-7% slower at 8-128 tokens, faster at one token. 4-bit wide tiles were not tuned (at
+# 128 rows they need 217 registers): their lookup falls back to the 128-wide tables.
+TUNED_WIDE: dict[tuple[int, int, int], Table] = {
+    (2, 1024, 2048): [
+        (0.1, _wide(16, 128, 4, 3, scale_b=True, split_k=4)),
+        (0.5, _wide(16, 128, 4, 3, scale_b=False)),
+        (4.0, _wide(16, 128, 4, 3, scale_b=True)),
+        (INF, _wide(64, 128, 4, 3, scale_b=True)),
+    ],
+    (2, 2048, 512): [
+        (0.1, _wide(16, 64, 4, 3, scale_b=True)),
+        (4.0, _wide(16, 128, 4, 3, scale_b=True)),
+        (64.0, _wide(64, 128, 4, 3, scale_b=True)),
+        (INF, _wide(128, 256, 8, 2, scale_b=True)),
+    ],
+}
+
+TUNED_WIDE_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
+    (2, 1024, 2048): [
+        (0.1, _wide(16, 64, 4, 3, scale_b=True, split_k=4)),
+        (0.5, _wide(16, 128, 4, 3, scale_b=False)),
+        (4.0, _wide(16, 128, 4, 3, scale_b=True)),
+        (64.0, _wide(64, 128, 4, 3, scale_b=True)),
+        (INF, _wide(128, 256, 8, 2, scale_b=True)),
+    ],
+    (2, 2048, 512): [
+        (0.1, _wide(16, 64, 4, 3, scale_b=True)),
+        (4.0, _wide(16, 128, 4, 3, scale_b=True)),
+        (64.0, _wide(64, 128, 4, 3, scale_b=True)),
+        (INF, _wide(128, 256, 8, 2, scale_b=True)),
+    ],
+}
+
+# pair-ordered tables by weight layout: (K-tile-major, pair tile K)
+TUNED_BY_LAYOUT: dict[tuple[bool, int], dict[tuple[int, int, int], Table]] = {
+    (False, 128): TUNED_PAIR_ORDERED, (True, 128): TUNED_TILE_MAJOR,
+    (False, 256): TUNED_WIDE, (True, 256): TUNED_WIDE_TILE_MAJOR,
+}
+
+# The layout that decodes fastest (run 8, 8-128 tokens) for each tuned shape, as
+# (tile_major, tile_k) for to_pair_order: 2-bit gate/up wants the wide row-major tiles, the rest
+# K-tile-major 128-wide ones. Prefill prefers row-major 128-wide words by 1-13%.
+PREFERRED_LAYOUT: dict[tuple[int, int, int], tuple[bool, int]] = {
+    (2, 1024, 2048): (False, 256),
+    (2, 2048, 512): (True, 128),
+    (4, 1024, 2048): (True, 128),
+    (4, 2048, 512): (True, 128),
+}
+
+
+def preferred_layout(bits: int, n: int, k: int) -> tuple[bool, int]:
+    """``(tile_major, tile_k)`` to re-lay a weight with for decode; untuned shapes get K-tile-major
+    128-wide tiles, the layout that won three of the four tuned shapes."""
+    return PREFERRED_LAYOUT.get((bits, n, k), (True, 128))
+
+
 def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool = False,
                tile_major: bool = False, pair_tile_k: int = PAIR_TILE_K) -> GemmConfig:
     """The tuned config for this size and weight layout (the generic rule for untuned shapes).
 
-    The pair-ordered tables are for weights laid out over 128-wide K tiles; for another tile the
-    same config reads it with ``block_k`` set to that tile.
+    A layout without a tuned table for the shape borrows the 128-wide table's config with ``block_k``
+    set to its tile (and fewer pipeline stages where the deeper tile would not fit shared memory).
     """
-    cfg = _lookup(avg_tokens_per_expert, n, k, bits, pair_ordered, tile_major)
+    table = TUNED_BY_LAYOUT.get((tile_major, pair_tile_k), {}).get((bits, n, k)) if pair_ordered else None
+    if table is not None:
+        return _first_fit(table, avg_tokens_per_expert)
+    if pair_ordered:
+        base = TUNED_TILE_MAJOR if tile_major else TUNED_PAIR_ORDERED
+        cfg = _first_fit(base.get((bits, n, k), GENERIC_TILE_MAJOR if tile_major else GENERIC_PAIR_ORDERED),
+                         avg_tokens_per_expert)
+    else:
+        cfg = _first_fit(TUNED.get((bits, n, k), GENERIC), avg_tokens_per_expert)
     if pair_ordered and cfg.block_k != pair_tile_k:
         cfg = replace(cfg, block_k=pair_tile_k)
         while cfg.num_stages > 2 and pipeline_bytes(cfg, bits) > SHARED_MEMORY_BUDGET:
@@ -171,14 +243,7 @@ def pipeline_bytes(cfg: GemmConfig, bits: int) -> int:
     return cfg.num_stages * (cfg.block_m * cfg.block_k * 2 + cfg.block_n * cfg.block_k * bits // 8)
 
 
-def _lookup(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordered: bool,
-            tile_major: bool) -> GemmConfig:
-    if pair_ordered and tile_major:
-        table = TUNED_TILE_MAJOR.get((bits, n, k), GENERIC_TILE_MAJOR)
-    elif pair_ordered:
-        table = TUNED_PAIR_ORDERED.get((bits, n, k), GENERIC_PAIR_ORDERED)
-    else:
-        table = TUNED.get((bits, n, k), GENERIC)
+def _first_fit(table: Table, avg_tokens_per_expert: float) -> GemmConfig:
     for bound, cfg in table:
         if avg_tokens_per_expert <= bound:
             return cfg
@@ -187,10 +252,17 @@ def _lookup(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ordere
 
 def all_configs() -> list[GemmConfig]:
     """Every distinct config the tables can return (the GPU tests check each one, on the checkpoint
-    layout; pair-ordered weights are checked through the defaults)."""
+    layout; pair-ordered weights are checked through the defaults; the 256-wide ones, which read
+    pair-ordered weights only, by the wide-tile GPU test)."""
     seen: dict[GemmConfig, None] = {}
     for table in (GENERIC, *TUNED.values(), GENERIC_PAIR_ORDERED, *TUNED_PAIR_ORDERED.values(),
                   *TUNED_TILE_MAJOR.values()):
         for _, cfg in table:
             seen[cfg] = None
     return list(seen)
+
+
+def wide_configs() -> list[GemmConfig]:
+    """Every config of the 256-wide tables (they read weights pair-ordered over 256-wide tiles)."""
+    return list(dict.fromkeys(cfg for tables in (TUNED_WIDE, TUNED_WIDE_TILE_MAJOR)
+                              for table in tables.values() for _, cfg in table))

@@ -215,10 +215,11 @@ def test_wide_k_tiles_and_register_cap_at_real_shapes(experts, m):
     for x, w, s, n, k, tw in ((torch.randn(m, HIDDEN, device=DEV), w13, s13, 2 * INTER, HIDDEN, None),
                               (torch.randn(m * TOP_K, INTER, device=DEV), w2, s2, HIDDEN, INTER, weights)):
         x = x.to(torch.bfloat16)
-        base = default_moe_config(m, TOP_K, EXPERTS, n, k, bits, pair_ordered=True, pair_tile_k=256)
-        assert base.block_k == 256
-        r = moe_align(ids, EXPERTS, base.block_m)
-        for tile_major in (False, True):
+        for tile_major in (False, True):  # each layout's own table (the 256-wide ones at 2 bits)
+            base = default_moe_config(m, TOP_K, EXPERTS, n, k, bits, pair_ordered=True, tile_major=tile_major,
+                                      pair_tile_k=256)
+            assert base.block_k == 256
+            r = moe_align(ids, EXPERTS, base.block_m)
             wide = to_pair_order(w, bits, tile_major=tile_major, tile_k=256)
             s_l = n_major_scales(s) if tile_major else s
             for c in (base, dataclasses.replace(base, scale_b=not base.scale_b),

@@ -137,3 +137,19 @@ def test_register_cap_is_validated_named_and_harmless_when_interpreted():
     x = torch.randn(2, 256, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     got = dequant_gemm(x, packed[0], scales[0], 4, GROUP, config=cfg, out=torch.empty(2, 32))
     assert rel_err(got, ref.dequant_gemm_ref(x, packed[0], scales[0], 4, GROUP, out_dtype=torch.float32)) < 3e-5
+
+
+def test_wide_tables_and_preferred_layouts():
+    from dedicated.kernels.configs import TUNED_WIDE, preferred_layout
+
+    for (bits, n, k), table in TUNED_WIDE.items():
+        for bound, _ in table:
+            for tile_major in (False, True):
+                cfg = moe_config(min(bound, 1e9) / 2, n, k, bits, True, tile_major, 256)
+                assert cfg.block_k == 256 and cfg.mode == 2 and cfg.spans_two_groups(GROUP, bits, True)
+    # a layout without its own table borrows the 128-wide one, with fewer stages where they would not fit
+    cfg = moe_config(256, 1024, 2048, 4, True, False, 256)
+    assert cfg.block_k == 256 and cfg.num_stages == 2
+    assert preferred_layout(2, 1024, 2048) == (False, 256)
+    assert preferred_layout(4, 1024, 2048) == (True, 128)
+    assert preferred_layout(2, 4096, 4096) == (True, 128)  # untuned shape
