@@ -121,7 +121,7 @@ TUNED_PAIR_ORDERED: dict[tuple[int, int, int], Table] = {
 # (to_pair_order(tile_major=True), n_major_scales): each launch's weight tile is one contiguous
 # read. 4-bit rows from run 7 (confirmed by run 8), 2-bit rows from run 8 (after the fix that gave
 # 2-bit K-tile-major launches 16-byte weight copies). Against row-major pair order, run 8: 4-bit
-# decode (8-128 tokens) 1.10-1.31x faster, 2-bit decode 1-5% faster, prefill 1-13% slower.
+# decode (8-128 tokens) 1.06-1.31x faster, 2-bit decode 1-4% faster, prefill 0-13% slower.
 GENERIC_TILE_MAJOR: Table = GENERIC_PAIR_ORDERED
 
 TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
@@ -154,8 +154,8 @@ TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
 
 # Run 8's winners for 2-bit weights pair-ordered over 256-wide K tiles (to_pair_order(tile_k=256)),
 # row-major and K-tile-major: each pair MMA is 32 deep, and each tile covers two scale groups. Gate/up
-# (K=2048) 1.03-1.14x faster than the best 128-wide layout at 1-128 tokens; the down GEMM (K=512, two
-# such tiles) 2-7% slower at 8-128 tokens, faster at one token. 4-bit wide tiles were not tuned (at
+# (K=2048) 1.05-1.12x faster than the best 128-wide layout at 1-128 tokens; the down GEMM (K=512, two
+# such tiles) 3-4% slower at 8-128 tokens, 1.12x faster at one token. 4-bit wide tiles were not tuned (at
 # 128 rows they need 217 registers): their lookup falls back to the 128-wide tables.
 TUNED_WIDE: dict[tuple[int, int, int], Table] = {
     (2, 1024, 2048): [
@@ -196,7 +196,7 @@ TUNED_BY_LAYOUT: dict[tuple[bool, int], dict[tuple[int, int, int], Table]] = {
 
 # The layout that decodes fastest (run 8, 8-128 tokens) for each tuned shape, as
 # (tile_major, tile_k) for to_pair_order: 2-bit gate/up wants the wide row-major tiles, the rest
-# K-tile-major 128-wide ones. Prefill prefers row-major 128-wide words by 1-13%.
+# K-tile-major 128-wide ones. Prefill prefers row-major words (by 0-13% over K-tile-major).
 PREFERRED_LAYOUT: dict[tuple[int, int, int], tuple[bool, int]] = {
     (2, 1024, 2048): (False, 256),
     (2, 2048, 512): (True, 128),

@@ -185,20 +185,27 @@ def fused_moe(
     down_config: GemmConfig | None = None,
     pair_ordered: bool = False,
     pair_tile_k: int = PAIR_TILE_K,
+    down_pair_tile_k: int | None = None,
 ) -> torch.Tensor:
-    """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum."""
+    """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum.
+
+    Pair-ordered weights: each GEMM's layout may differ (``configs.preferred_layout``): row-major or
+    K-tile-major is read from each tensor's rank, the K tile is ``pair_tile_k`` for gate/up and
+    ``down_pair_tile_k`` (default: the same) for down.
+    """
+    down_tile = pair_tile_k if down_pair_tile_k is None else down_pair_tile_k
     m, top_k = topk_ids.shape
     e = w13.shape[0]
     n13 = w13.shape[-2]  # [E, N, K*bits/32] or K-tile-major [E, K/128, N, 128*bits/32]
     k = x.shape[1]
     cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered, w13.dim() == 4, pair_tile_k)
     cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered, w2.dim() == 4,
-                                             pair_tile_k)
+                                             down_tile)
     r13 = moe_align(topk_ids, e, cfg13.block_m)
     r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
     h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered,
                  pair_tile_k=pair_tile_k)
     a = silu_and_mul(h)
     y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2,
-                 pair_ordered=pair_ordered, pair_tile_k=pair_tile_k)
+                 pair_ordered=pair_ordered, pair_tile_k=down_tile)
     return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)

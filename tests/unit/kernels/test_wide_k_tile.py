@@ -126,6 +126,10 @@ def test_tables_serve_256_wide_layouts_and_fused_moe_reads_them():
     got = fused_moe(x, to_pair_order(w13, bits, tile_k=256), s13, to_pair_order(w2, bits, tile_k=256), s2, ids, tw,
                     bits, GROUP, pair_ordered=True, pair_tile_k=256)
     assert rel_err(got, want) < 2e-2  # bf16 intermediate
+    # each GEMM in its preferred layout: wide row-major gate/up, 128-wide K-tile-major down
+    got = fused_moe(x, to_pair_order(w13, bits, tile_k=256), s13, to_pair_order(w2, bits, tile_major=True),
+                    n_major_scales(s2), ids, tw, bits, GROUP, pair_ordered=True, pair_tile_k=256, down_pair_tile_k=128)
+    assert rel_err(got, want) < 2e-2
 
 
 def test_register_cap_is_validated_named_and_harmless_when_interpreted():
