@@ -40,11 +40,14 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     constexprs.update(stride_sn=1) if tile_major else constexprs.update(stride_sg=1)
     if cfg.kernel != "fma":
         constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b, SPLIT_K=cfg.split_k,
-                          W_TILED=tile_major,
+                          W_TILED=tile_major, W_TMA=cfg.tma,
                           A_PERMUTED=cfg.permute_a or pair_ordered)
     signature = {}
     for name in fn.arg_names:
         signature[name] = "constexpr" if name in constexprs else _POINTERS.get(name, "i32")
+    if cfg.tma:  # the weights come as a TMA descriptor whose box is one tile (gemm.weight_descriptor)
+        box = [1, 1, cfg.block_n, cfg.block_k * bits // 32] if tile_major else [1, cfg.block_n, cfg.block_k * bits // 32]
+        signature["w_ptr"] = f"tensordesc<i32[{','.join(map(str, box))}]>"
     if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits")
     # What a real launch specialises on: 16-byte aligned tensors, and the sizes and strides that are

@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from dedicated.kernels.dequant import check_packed, resolve_offset
 from dedicated.kernels.pair_order import PAIR_TILE_K, pair_positions
@@ -65,6 +66,7 @@ class GemmConfig:
     permute_a: bool = False  # mode 2: reorder activation columns once per call so each pair's are contiguous
     split_k: int = 1  # programs per output tile, each over 1/split_k of K, summed by bf16 atomic adds
     max_regs: int | None = None  # cap on registers per thread (ptx .maxnreg): more CTAs per SM, or spills
+    tma: bool = False  # mode 2: weight tiles by the tensor memory accelerator (one bulk copy per tile)
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -83,6 +85,8 @@ class GemmConfig:
             raise ValueError(f"split_k must be a positive power of two, got {self.split_k}")
         if self.kernel == "fma" and self.split_k > 1:
             raise ValueError("split_k applies to the tensor-core kernel only")
+        if self.tma and (self.kernel != "mma" or self.mode != 2):
+            raise ValueError("tma loads the weights of unpack mode 2 only")
         if self.max_regs is not None and not 24 <= self.max_regs <= 255:
             raise ValueError(f"max_regs must lie in [24, 255], got {self.max_regs}")
 
@@ -115,7 +119,7 @@ class GemmConfig:
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
             f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
-            f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}{f'-r{self.max_regs}' if self.max_regs else ''}"
+            f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}{f'-r{self.max_regs}' if self.max_regs else ''}{'-tma' if self.tma else ''}"
         )
 
 
@@ -129,7 +133,7 @@ def dq_gemm_kernel(
     IS_MOE: tl.constexpr, A_ROW_DIV: tl.constexpr, MUL_ROUTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr,
-    A_PERMUTED: tl.constexpr, SPLIT_K: tl.constexpr, W_TILED: tl.constexpr,
+    A_PERMUTED: tl.constexpr, SPLIT_K: tl.constexpr, W_TILED: tl.constexpr, W_TMA: tl.constexpr = False,
 ):
     PW: tl.constexpr = 32 // BITS
     pid = tl.program_id(0)
@@ -174,7 +178,12 @@ def dq_gemm_kernel(
         w_rows = n_w[:, None] * (BLOCK_K // PW)
     else:
         w_rows = n_w[:, None] * stride_wn
-    w_base = w_ptr + expert * stride_we + w_rows + tl.arange(0, BLOCK_K // PW)[None, :]
+    if W_TMA:  # w_ptr is a tensor descriptor over [E, N, words] or [E, K/BLOCK_K, N, words]
+        w_base = w_ptr
+        if IS_MOE:
+            expert = expert.to(tl.int32)  # descriptor coordinates are 32-bit
+    else:
+        w_base = w_ptr + expert * stride_we + w_rows + tl.arange(0, BLOCK_K // PW)[None, :]
     s_base = s_ptr + expert * stride_se + n_w * stride_sn
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -183,7 +192,7 @@ def dq_gemm_kernel(
     if MODE == 2:
         acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
                                   stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED,
-                                  W_TILED)
+                                  W_TILED, W_TMA, expert, pid_n * BLOCK_N)
     else:
         acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am,
                                   stride_ak, stride_sg, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
@@ -241,7 +250,8 @@ def _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, 
 def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
                         stride_wk, stride_sg, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr, UPCAST: tl.constexpr,
-                        SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr, W_TILED: tl.constexpr):
+                        SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr, W_TILED: tl.constexpr,
+                        W_TMA: tl.constexpr, expert, n0):
     """Unpack mode 2: one MMA per field pair, its operand built in the registers the MMA reads.
 
     Per word, one shift and one mask-or (:func:`pair_fields`) give the int32 holding fields ``i``
@@ -280,7 +290,13 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
         # K-tile-major words are a row apart per K tile; in a row-major layout the stride is the
         # constexpr BLOCK_K // PW, which keeps the compiler's 16-byte alignment proof for 2-bit words
         # (a run-time stride of 8 words loses it)
-        w = tl.load(w_base + ((k0 // BLOCK_K) * stride_wk if W_TILED else k0 // PW))
+        if W_TMA:  # one bulk copy of the tile; rows past N read as zero (their outputs are not stored)
+            if W_TILED:
+                w = tl.reshape(w_base.load([expert, k0 // BLOCK_K, n0, 0]), (BLOCK_N, WC))
+            else:
+                w = tl.reshape(w_base.load([expert, n0, k0 // PW]), (BLOCK_N, WC))
+        else:
+            w = tl.load(w_base + ((k0 // BLOCK_K) * stride_wk if W_TILED else k0 // PW))
         if GROUPS == 1:
             s = tl.load(s_base + (k0 // GROUP) * stride_sg)
             s_hi = s
@@ -412,11 +428,23 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
         return
     if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits (a pair MMA takes 16 K)")
+    if cfg.tma:
+        args = (args[0], weight_descriptor(packed, cfg, bits, is_moe, w_tiled), *args[2:])
     dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
                          A_PERMUTED=cfg.permute_a or pair_ordered, SPLIT_K=cfg.split_k, W_TILED=w_tiled,
-                         UPCAST=interpreted, **common)
+                         W_TMA=cfg.tma, UPCAST=interpreted, **common)
     if c is not out:
         out.copy_(c)
+
+
+def weight_descriptor(packed: torch.Tensor, cfg: GemmConfig, bits: int, is_moe: bool, tiled: bool) -> TensorDescriptor:
+    """A TMA descriptor whose box is one launch's weight tile: ``[1, BLOCK_N, words]`` of
+    ``[E, N, K*bits/32]`` or ``[1, 1, BLOCK_N, words]`` of K-tile-major ``[E, K/BLOCK_K, N, words]``
+    (a dense weight gets a leading expert dimension of one)."""
+    w = packed if is_moe else packed.unsqueeze(0)
+    words = cfg.block_k * bits // 32
+    box = [1, 1, cfg.block_n, words] if tiled else [1, cfg.block_n, words]
+    return TensorDescriptor(w, list(w.shape), list(w.stride()), box)
 
 
 def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int, experts: bool,

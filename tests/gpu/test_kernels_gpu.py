@@ -198,9 +198,13 @@ def test_pair_ordered_weights_at_real_shapes(experts, m):
         assert rel_err(got, want) < 1e-4, cfg.short()
         # the same on K-tile-major words with N-contiguous scales, split over K as well
         tiled, s_n = to_pair_order(w, bits, tile_major=True), n_major_scales(s)
-        for c in (cfg, dataclasses.replace(cfg, split_k=2)):
+        for c in (cfg, dataclasses.replace(cfg, split_k=2), dataclasses.replace(cfg, tma=True)):
             got = moe_gemm(x, tiled, s_n, r, bits, GROUP, topk_weights=tw, config=c, out=out.clone(), pair_ordered=True)
             assert rel_err(got, want) < 1e-4, c.short()
+        # weight tiles by TMA from row-major words too (rows past N read as zero)
+        c = dataclasses.replace(cfg, tma=True)
+        got = moe_gemm(x, ordered, s, r, bits, GROUP, topk_weights=tw, config=c, out=out.clone(), pair_ordered=True)
+        assert rel_err(got, want) < 1e-4, c.short()
 
 
 @pytest.mark.parametrize("m", [1, 8, 128, 2048])
@@ -223,7 +227,7 @@ def test_wide_k_tiles_and_register_cap_at_real_shapes(experts, m):
             wide = to_pair_order(w, bits, tile_major=tile_major, tile_k=256)
             s_l = n_major_scales(s) if tile_major else s
             for c in (base, dataclasses.replace(base, scale_b=not base.scale_b),
-                      dataclasses.replace(base, split_k=2)):
+                      dataclasses.replace(base, split_k=2), dataclasses.replace(base, tma=True)):
                 out = torch.full((m * TOP_K, n), float("nan"), device=DEV, dtype=torch.float32)
                 got = moe_gemm(x, wide, s_l, r, bits, GROUP, topk_weights=tw, config=c, out=out, pair_ordered=True,
                                pair_tile_k=256)

@@ -1,5 +1,5 @@
-"""256-wide K tiles over 128-wide scale groups (pair-ordered columns only) and the register cap
-(Triton interpreter; the GPU tests run the same paths compiled)."""
+"""256-wide K tiles over 128-wide scale groups (pair-ordered columns only), the register cap and
+weight tiles by TMA descriptor (Triton interpreter; the GPU tests run the same paths compiled)."""
 
 from __future__ import annotations
 
@@ -157,3 +157,28 @@ def test_wide_tables_and_preferred_layouts():
     assert preferred_layout(2, 1024, 2048) == (False, 256)
     assert preferred_layout(4, 1024, 2048) == (True, 128)
     assert preferred_layout(2, 4096, 4096) == (True, 128)  # untuned shape
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_weight_tiles_by_tma_descriptor(bits):
+    m, top_k, n, k = 5, 3, 40, 256  # N is not a multiple of block_n: the descriptor zero-fills the rest
+    packed, scales = weights(n, k, bits, seed=bits + 11)
+    g = torch.Generator().manual_seed(8)
+    ids = torch.stack([torch.randperm(6, generator=g)[:top_k] for _ in range(m)])
+    xd = torch.randn(m * top_k, k, generator=g).to(torch.bfloat16)
+    want = ref.moe_gemm_ref(xd, packed, scales, ids, bits, GROUP, out_dtype=torch.float32)
+    for tile_major in (False, True):
+        for tile_k in (128, 256):
+            cfg = GemmConfig(block_m=16, block_n=32, block_k=tile_k, swap_ab=True, mode=2, tma=True)
+            w = to_pair_order(packed, bits, tile_major=tile_major, tile_k=tile_k)
+            s = n_major_scales(scales) if tile_major else scales
+            got = moe_gemm(xd, w, s, moe_align(ids, E, 16), bits, GROUP, config=cfg, out=torch.empty(m * top_k, n),
+                           pair_ordered=True, pair_tile_k=tile_k)
+            assert rel_err(got, want) < 3e-5, (tile_major, tile_k)
+    cfg = GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2, tma=True)
+    assert cfg.short().endswith("-tma")
+    x = xd[:3]
+    got = dequant_gemm(x, packed[0], scales[0], bits, GROUP, config=cfg, out=torch.empty(3, n))  # dense, checkpoint words
+    assert rel_err(got, ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32)) < 3e-5
+    with pytest.raises(ValueError, match="tma loads the weights of unpack mode 2 only"):
+        GemmConfig(mode=0, tma=True)
