@@ -33,13 +33,17 @@ layouts = [(c, b, False) for c, b in cfgs] + [
     # 256-wide K tiles over two scale groups, pair-ordered row-major and K-tile-major
     (GemmConfig(block_m=16, block_n=128, block_k=256, swap_ab=True, mode=2), 2, False),
     (GemmConfig(block_m=16, block_n=128, block_k=256, swap_ab=True, mode=2, scale_b=True, split_k=2), 2, True),
+    # weight tiles by TMA descriptor, row-major and K-tile-major words
+    (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, tma=True), 4, False),
+    (GemmConfig(block_m=16, block_n=128, block_k=256, swap_ab=True, mode=2, scale_b=True, tma=True), 2, True),
 ]
 for cfg, bits, tile_major in layouts:
-    kernel = compile_moe(cfg, bits, "gate_up", pair_ordered=cfg.block_k == 256, tile_major=tile_major)
+    kernel = compile_moe(cfg, bits, "gate_up", pair_ordered=cfg.block_k == 256 or tile_major, tile_major=tile_major)
     assert kernel.asm.get("cubin"), cfg.short()
     # split-K adds its partial products with bf16 atomics; the other configs store
     assert (".add.noftz" in kernel.asm["ptx"]) == (cfg.split_k > 1), cfg.short()  # atom. or red.global...bf16
     assert (".maxnreg 96" in kernel.asm["ptx"]) == (cfg.max_regs == 96), cfg.short()
+    assert ("cp.async.bulk.tensor" in kernel.asm["ptx"]) == cfg.tma, cfg.short()
     print("compiled", cfg.short(), bits)
 """
 
@@ -49,4 +53,4 @@ def test_representative_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 10
+    assert proc.stdout.count("compiled") == 12
