@@ -276,7 +276,7 @@ def candidates(m: int, bits: int) -> list:
         out += [(C(block_m=16, block_n=64, block_k=256, swap_ab=True, mode=2, num_warps=4, num_stages=st,
                    scale_b=sb, split_k=sk), layout)
                 for st in (3, 4) for sb in (False, True) for sk in (1, 2) for layout in ("po256", "tm256")]
-    # run 9: every config again with its weight tiles by TMA descriptor (GemmConfig.tma)
+    # run 10: every config again with its weight tiles by TMA descriptor (GemmConfig.tma)
     out += [(dataclasses.replace(c, tma=True), layout) for c, layout in out if c.max_regs is None]
     if ONLY is not None:
         out = [c for c in out if ONLY.search(config_name(*c))]
