@@ -24,8 +24,12 @@ builds each operand register directly from a pair of fields and issues one MMA p
 products into the zeroed output (bf16 atomic adds: one more rounding per split, and the order of
 the adds, hence the last bit, varies between runs); it keeps every SM busy when a decode batch has
 few output tiles. The weights may be row-major ``[N, K*bits/32]`` words or, pair-ordered, K-tile-major
-``[K/128, N, 128*bits/32]`` (:mod:`dedicated.kernels.pair_order`), and the scales any strides: the
-kernel takes a K-tile stride and a group stride.
+``[K/tile, N, tile*bits/32]`` (:mod:`dedicated.kernels.pair_order`), and the scales any strides: the
+kernel takes a K-tile stride and a group stride. Pair-ordered weights laid out over 256-wide tiles
+are read with ``block_k=256``: each tile then covers two scale groups (``GemmConfig.spans_two_groups``).
+``tma`` loads each weight tile with one bulk tensor copy from a host-side descriptor
+(:func:`weight_descriptor`) instead of per-thread asynchronous copies; it makes row-major words read
+about as fast as K-tile-major ones.
 
 ``kernel="fma"`` is a second kernel for decode (one to a few tokens per expert): no tensor cores,
 no shared-memory round trip. Each field of a word becomes the fp32 ``1 + v / 2**bits`` with one
