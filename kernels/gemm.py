@@ -114,7 +114,7 @@ class GemmConfig:
         wide = self.spans_two_groups(group_size, bits, pair_ordered)
         cfg = self if self.block_k <= group_size or wide else replace(self, block_k=group_size)
         if cfg.pair_mma_too_short(bits):
-            cfg = replace(cfg, mode=0, permute_a=False)
+            cfg = replace(cfg, mode=0, permute_a=False, tma=False)
         return cfg
 
     def short(self) -> str:
@@ -447,6 +447,9 @@ def weight_descriptor(packed: torch.Tensor, cfg: GemmConfig, bits: int, is_moe: 
     (a dense weight gets a leading expert dimension of one)."""
     w = packed if is_moe else packed.unsqueeze(0)
     words = cfg.block_k * bits // 32
+    if words * 4 % 16 or any(st * 4 % 16 for st in w.stride()[:-1]) or w.data_ptr() % 16:
+        raise ValueError(f"tma needs 16-byte aligned weight rows and tiles ({words} words per tile, strides "
+                         f"{tuple(w.stride())} words); use a config without tma for these weights")
     box = [1, 1, cfg.block_n, words] if tiled else [1, cfg.block_n, words]
     return TensorDescriptor(w, list(w.shape), list(w.stride()), box)
 

@@ -182,3 +182,14 @@ def test_weight_tiles_by_tma_descriptor(bits):
     assert rel_err(got, ref.dequant_gemm_ref(x, packed[0], scales[0], bits, GROUP, out_dtype=torch.float32)) < 3e-5
     with pytest.raises(ValueError, match="tma loads the weights of unpack mode 2 only"):
         GemmConfig(mode=0, tma=True)
+    # a tile too short for a pair MMA falls back to the interleave unpack, without TMA
+    short = GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2, tma=True).for_group(32, bits)
+    assert short.mode == 0 and not short.tma
+    # a weight view that does not start on a 16-byte boundary cannot be described
+    k = 64 if bits == 4 else 128  # the shortest K tile a pair MMA takes; one scale group
+    words = k * bits // 32
+    view = torch.zeros(32, words + 4, dtype=torch.int32)[:, 1 : 1 + words]  # starts 4 bytes in
+    cfg = GemmConfig(block_m=16, block_n=32, block_k=k, swap_ab=True, mode=2, tma=True)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        dequant_gemm(torch.zeros(2, k, dtype=torch.bfloat16), view, torch.ones(32, 1, dtype=torch.bfloat16), bits,
+                     k, config=cfg)
