@@ -268,6 +268,10 @@ def candidates(m: int, bits: int) -> list:
         out += [(C(block_m=bm, block_n=bn, block_k=256, swap_ab=True, mode=2, num_warps=w, num_stages=st,
                    scale_b=sb, split_k=sk), layout)
                 for bm, bn, w, st, sb, sk in wide for layout in ("po256", "tm256")]
+        if m <= 128:  # end of run 11: register caps that fit 8-9 CTAs per SM (the down GEMM ran 1.18 waves at 7)
+            out += [(C(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
+                       scale_b=sb, max_regs=regs), layout)
+                    for regs in (56, 64) for sb in (False, True) for layout in ("po", "tm")]
     elif m <= 128:
         out += [(C(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=st,
                    scale_b=sb, max_regs=96), layout)
