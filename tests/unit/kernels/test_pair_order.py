@@ -12,22 +12,15 @@ from dedicated.kernels.dequant import dequantize
 from dedicated.kernels.gemm import GemmConfig, dequant_gemm
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
 from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
-from dedicated.quantize_job.bitpack import pack
+
+from .conftest import random_packed_experts, rel_err, small_routed_mlp
 
 E, GROUP = 8, 128
 PAIR = GemmConfig(block_m=16, block_n=32, block_k=128, swap_ab=True, mode=2, scale_b=True)
 
 
 def weights(n, k, bits, seed, experts=E):
-    g = torch.Generator().manual_seed(seed)
-    half = 1 << (bits - 1)
-    codes = torch.randint(-half, half, (experts, n, k), generator=g)
-    scales = (torch.rand(experts, n, k // GROUP, generator=g) * 0.05 + 0.002).to(torch.bfloat16)
-    return pack(codes + half, bits), scales
-
-
-def rel_err(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    return random_packed_experts(n, k, bits, seed, experts, GROUP)
 
 
 @pytest.mark.parametrize("bits", [2, 4])
@@ -146,13 +139,8 @@ def test_default_configs_for_pair_ordered_weights_are_mode_2():
 
 
 def test_fused_moe_reads_tile_major_weights_with_their_table():
-    bits, group, m, top_k, hidden, inter = 4, 128, 4, 2, 128, 128
-    w13, s13 = weights(2 * inter, hidden, bits, seed=21)
-    w2, s2 = weights(hidden, inter, bits, seed=22)
-    ids = torch.tensor([[0, 1], [2, 3], [1, 5], [0, 4]])
-    tw = torch.full((m, top_k), 0.5)
-    x = torch.randn(m, hidden, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
-    want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, tw, bits, group)
+    bits, group = 4, 128
+    w13, s13, w2, s2, ids, tw, x, want = small_routed_mlp(bits, hidden=128, inter=128, seed=21)
     got = fused_moe(x, to_pair_order(w13, bits, tile_major=True), n_major_scales(s13),
                     to_pair_order(w2, bits, tile_major=True), n_major_scales(s2), ids, tw, bits, group, pair_ordered=True)
     assert rel_err(got, want) < 2e-2  # bf16 intermediate

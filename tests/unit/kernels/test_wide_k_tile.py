@@ -11,22 +11,14 @@ from dedicated.kernels.configs import moe_config
 from dedicated.kernels.gemm import GemmConfig, dequant_gemm
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
 from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
-from dedicated.quantize_job.bitpack import pack
+
+from .conftest import random_packed_experts, rel_err, small_routed_mlp
 
 E, GROUP = 8, 128
 
 
 def weights(n, k, bits, seed, experts=E):
-    g = torch.Generator().manual_seed(seed)
-    half = 1 << (bits - 1)
-    codes = torch.randint(-half, half, (experts, n, k), generator=g)
-    # scales that differ a lot between neighbouring groups: a pair read with the wrong group's scale fails
-    scales = (torch.rand(experts, n, k // GROUP, generator=g) * 0.05 + 0.002).to(torch.bfloat16)
-    return pack(codes + half, bits), scales
-
-
-def rel_err(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    return random_packed_experts(n, k, bits, seed, experts, GROUP)
 
 
 def wide(scale_b, split_k=1, block_n=32):
@@ -116,13 +108,8 @@ def test_layout_and_config_tiles_must_agree():
 def test_tables_serve_256_wide_layouts_and_fused_moe_reads_them():
     cfg = moe_config(0.25, 1024, 2048, 2, pair_ordered=True, tile_major=True, pair_tile_k=256)
     assert cfg.block_k == 256 and cfg.mode == 2
-    bits, m, top_k, hidden, inter = 2, 4, 2, 256, 256
-    w13, s13 = weights(2 * inter, hidden, bits, seed=31)
-    w2, s2 = weights(hidden, inter, bits, seed=32)
-    ids = torch.tensor([[0, 1], [2, 3], [1, 5], [0, 4]])
-    tw = torch.full((m, top_k), 0.5)
-    x = torch.randn(m, hidden, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
-    want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, tw, bits, GROUP)
+    bits = 2
+    w13, s13, w2, s2, ids, tw, x, want = small_routed_mlp(bits, hidden=256, inter=256, seed=31)
     got = fused_moe(x, to_pair_order(w13, bits, tile_k=256), s13, to_pair_order(w2, bits, tile_k=256), s2, ids, tw,
                     bits, GROUP, pair_ordered=True, pair_tile_k=256)
     assert rel_err(got, want) < 2e-2  # bf16 intermediate
