@@ -162,6 +162,13 @@ TUNED_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
 # (K=2048) 1.05-1.12x faster than the best 128-wide layout at 1-128 tokens; the down GEMM (K=512, two
 # such tiles) 3-4% slower at 8-128 tokens, 1.12x faster at one token. 4-bit wide tiles were not tuned (at
 # 128 rows they need 217 registers): their lookup falls back to the 128-wide tables.
+_WIDE_2BIT_DOWN: Table = [  # the same winners on both layouts
+    (0.1, _wide(16, 64, 4, 3, scale_b=True)),
+    (4.0, _wide(16, 128, 4, 3, scale_b=True)),
+    (64.0, _wide(64, 128, 4, 3, scale_b=True)),
+    (INF, _wide(128, 256, 8, 2, scale_b=True)),
+]
+
 TUNED_WIDE: dict[tuple[int, int, int], Table] = {
     (2, 1024, 2048): [
         (0.1, _wide(16, 128, 4, 3, scale_b=True, split_k=4)),
@@ -169,12 +176,7 @@ TUNED_WIDE: dict[tuple[int, int, int], Table] = {
         (4.0, _wide(16, 128, 4, 3, scale_b=True)),
         (INF, _wide(64, 128, 4, 3, scale_b=True)),
     ],
-    (2, 2048, 512): [
-        (0.1, _wide(16, 64, 4, 3, scale_b=True)),
-        (4.0, _wide(16, 128, 4, 3, scale_b=True)),
-        (64.0, _wide(64, 128, 4, 3, scale_b=True)),
-        (INF, _wide(128, 256, 8, 2, scale_b=True)),
-    ],
+    (2, 2048, 512): _WIDE_2BIT_DOWN,
 }
 
 TUNED_WIDE_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
@@ -185,12 +187,7 @@ TUNED_WIDE_TILE_MAJOR: dict[tuple[int, int, int], Table] = {
         (64.0, _wide(64, 128, 4, 3, scale_b=True)),
         (INF, _wide(128, 256, 8, 2, scale_b=True)),
     ],
-    (2, 2048, 512): [
-        (0.1, _wide(16, 64, 4, 3, scale_b=True)),
-        (4.0, _wide(16, 128, 4, 3, scale_b=True)),
-        (64.0, _wide(64, 128, 4, 3, scale_b=True)),
-        (INF, _wide(128, 256, 8, 2, scale_b=True)),
-    ],
+    (2, 2048, 512): _WIDE_2BIT_DOWN,
 }
 
 # pair-ordered tables by weight layout: (K-tile-major, pair tile K)

@@ -303,7 +303,6 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
             w = tl.load(w_base + ((k0 // BLOCK_K) * stride_wk if W_TILED else k0 // PW))
         if GROUPS == 1:
             s = tl.load(s_base + (k0 // GROUP) * stride_sg)
-            s_hi = s
         else:
             s, s_hi = tl.split(tl.load(s_base[:, None] + (k0 // GROUP + tl.arange(0, 2))[None, :] * stride_sg))
         t = tl.zeros(acc.shape, dtype=tl.float32)
