@@ -11,8 +11,6 @@ generic rule, which is the shape-independent part of the same measurements.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from dedicated.kernels.gemm import GemmConfig
 from dedicated.kernels.pair_order import PAIR_TILE_K
 
@@ -229,20 +227,7 @@ def moe_config(avg_tokens_per_expert: float, n: int, k: int, bits: int, pair_ord
                          avg_tokens_per_expert)
     else:
         cfg = _first_fit(TUNED.get((bits, n, k), GENERIC), avg_tokens_per_expert)
-    if pair_ordered and cfg.block_k != pair_tile_k:
-        cfg = replace(cfg, block_k=pair_tile_k)
-        while cfg.num_stages > 2 and pipeline_bytes(cfg, bits) > SHARED_MEMORY_BUDGET:
-            cfg = replace(cfg, num_stages=cfg.num_stages - 1)  # a deeper tile holds fewer stages
-    return cfg
-
-
-SHARED_MEMORY_BUDGET = 200 * 1024  # of an H100 SM's 227 KB per block, with room for the epilogue
-
-
-def pipeline_bytes(cfg: GemmConfig, bits: int) -> int:
-    """Shared memory the software pipeline's buffers take: per stage one activation tile (bf16) and
-    one packed weight tile (an estimate: Triton adds a little for barriers and the epilogue)."""
-    return cfg.num_stages * (cfg.block_m * cfg.block_k * 2 + cfg.block_n * cfg.block_k * bits // 8)
+    return cfg.for_pair_tile(pair_tile_k, bits) if pair_ordered else cfg
 
 
 def _first_fit(table: Table, avg_tokens_per_expert: float) -> GemmConfig:

@@ -117,6 +117,16 @@ class GemmConfig:
             cfg = replace(cfg, mode=0, permute_a=False, tma=False)
         return cfg
 
+    def for_pair_tile(self, tile_k: int, bits: int) -> "GemmConfig":
+        """This config reading weights pair-ordered over ``tile_k``-wide K tiles: ``block_k`` set to
+        the tile, and fewer pipeline stages where the deeper tile would not fit shared memory."""
+        if self.block_k == tile_k:
+            return self
+        cfg = replace(self, block_k=tile_k)
+        while cfg.num_stages > 2 and pipeline_bytes(cfg, bits) > SHARED_MEMORY_BUDGET:
+            cfg = replace(cfg, num_stages=cfg.num_stages - 1)
+        return cfg
+
     def short(self) -> str:
         if self.kernel == "fma":
             return f"fma-m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}p{self.num_stages}"
@@ -125,6 +135,15 @@ class GemmConfig:
             f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
             f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}{f'-r{self.max_regs}' if self.max_regs else ''}{'-tma' if self.tma else ''}"
         )
+
+
+SHARED_MEMORY_BUDGET = 200 * 1024  # of an H100 SM's 227 KB per block, with room for the epilogue
+
+
+def pipeline_bytes(cfg: GemmConfig, bits: int) -> int:
+    """Shared memory the software pipeline's buffers take: per stage one activation tile (bf16) and
+    one packed weight tile (an estimate: Triton adds a little for barriers and the epilogue)."""
+    return cfg.num_stages * (cfg.block_m * cfg.block_k * 2 + cfg.block_n * cfg.block_k * bits // 8)
 
 
 @triton.jit(do_not_specialize=["M", "NUM_VALID", "NUM_PID_M"])
@@ -175,18 +194,18 @@ def dq_gemm_kernel(
     # Mode 2 reads rows past N from row N - 1 instead of masking its loads (their outputs are never
     # stored); modes 0/1 mask, as rows past N must read as zero there.
     n_w = tl.minimum(n, N - 1) if MODE == 2 else n
-    if W_TILED:
-        # K-tile-major rows are one tile's words apart: as a constexpr, so that the compiler can prove
-        # 16-byte alignment for 2-bit words too (the run-time stride 8 is not a multiple of 16 and
-        # made every weight load a 4-byte copy, seen in the sm_90 SASS)
-        w_rows = n_w[:, None] * (BLOCK_K // PW)
-    else:
-        w_rows = n_w[:, None] * stride_wn
     if W_TMA:  # w_ptr is a tensor descriptor over [E, N, words] or [E, K/BLOCK_K, N, words]
         w_base = w_ptr
         if IS_MOE:
             expert = expert.to(tl.int32)  # descriptor coordinates are 32-bit
     else:
+        if W_TILED:
+            # K-tile-major rows are one tile's words apart: as a constexpr, so that the compiler can
+            # prove 16-byte alignment for 2-bit words too (the run-time stride 8 is not a multiple of
+            # 16 and made every weight load a 4-byte copy, seen in the sm_90 SASS)
+            w_rows = n_w[:, None] * (BLOCK_K // PW)
+        else:
+            w_rows = n_w[:, None] * stride_wn
         w_base = w_ptr + expert * stride_we + w_rows + tl.arange(0, BLOCK_K // PW)[None, :]
     s_base = s_ptr + expert * stride_se + n_w * stride_sn
     if SWAP_AB:
@@ -445,12 +464,17 @@ def weight_descriptor(packed: torch.Tensor, cfg: GemmConfig, bits: int, is_moe: 
     ``[E, N, K*bits/32]`` or ``[1, 1, BLOCK_N, words]`` of K-tile-major ``[E, K/BLOCK_K, N, words]``
     (a dense weight gets a leading expert dimension of one)."""
     w = packed if is_moe else packed.unsqueeze(0)
-    words = cfg.block_k * bits // 32
-    if words * 4 % 16 or any(st * 4 % 16 for st in w.stride()[:-1]) or w.data_ptr() % 16:
-        raise ValueError(f"tma needs 16-byte aligned weight rows and tiles ({words} words per tile, strides "
+    box = weight_tile_box(cfg, bits, tiled)
+    if box[-1] * 4 % 16 or any(st * 4 % 16 for st in w.stride()[:-1]) or w.data_ptr() % 16:
+        raise ValueError(f"tma needs 16-byte aligned weight rows and tiles ({box[-1]} words per tile, strides "
                          f"{tuple(w.stride())} words); use a config without tma for these weights")
-    box = [1, 1, cfg.block_n, words] if tiled else [1, cfg.block_n, words]
     return TensorDescriptor(w, list(w.shape), list(w.stride()), box)
+
+
+def weight_tile_box(cfg: GemmConfig, bits: int, tiled: bool) -> list[int]:
+    """The TMA box of one launch's weight tile, in words (the AOT compile names the same type)."""
+    words = cfg.block_k * bits // 32
+    return [1, 1, cfg.block_n, words] if tiled else [1, cfg.block_n, words]
 
 
 def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int, experts: bool,
@@ -560,8 +584,8 @@ def dequant_gemm(
     off = resolve_offset(bits, offset)
     m = x.shape[0]
     default = default_dense_config(m, n, k, bits)
-    if pair_ordered and pair_tile_k != default.block_k:
-        default = replace(default, block_k=pair_tile_k)
+    if pair_ordered:
+        default = default.for_pair_tile(pair_tile_k, bits)
     cfg = resolve_config(config or default, group_size, bits, pair_ordered, pair_tile_k)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)

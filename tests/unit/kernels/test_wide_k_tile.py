@@ -3,6 +3,8 @@ weight tiles by TMA descriptor (Triton interpreter; the GPU tests run the same p
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -141,6 +143,16 @@ def test_wide_tables_and_preferred_layouts():
     # a layout without its own table borrows the 128-wide one, with fewer stages where they would not fit
     cfg = moe_config(256, 1024, 2048, 4, True, False, 256)
     assert cfg.block_k == 256 and cfg.num_stages == 2
+    # the dense default for a 256-wide layout the same way: 128x128 prefill tiles, 3 stages of 80 KB
+    # at 4 bits, would not fit an H100's shared memory
+    from dedicated.kernels.gemm import SHARED_MEMORY_BUDGET, default_dense_config, pipeline_bytes
+
+    dense = default_dense_config(8192, 1024, 2048, 4)
+    assert dense.block_k == 128 and dense.num_stages == 3
+    wide_dense = dense.for_pair_tile(256, 4)
+    assert wide_dense.block_k == 256 and wide_dense.num_stages == 2
+    assert pipeline_bytes(wide_dense, 4) <= SHARED_MEMORY_BUDGET < pipeline_bytes(replace(dense, block_k=256), 4)
+    assert dense.for_pair_tile(128, 4) is dense
     assert preferred_layout(2, 1024, 2048) == (False, 256)
     assert preferred_layout(4, 1024, 2048) == (True, 128)
     assert preferred_layout(2, 4096, 4096) == (True, 128)  # untuned shape
