@@ -245,7 +245,7 @@ def candidates(m: int, bits: int) -> list:
     a 96-register cap (``max_regs``: 5 CTAs per SM instead of 4 for the decode tiles, no spills in
     ptxas; within 2% of uncapped at every shape in run 8).
     """
-    from dedicated.kernels.gemm import GemmConfig as C
+    from dedicated.kernels.gemm_config import GemmConfig as C
 
     if m <= 128:
         shapes = [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 4, 4)]  # run 6: 256-wide tiles never won decode
@@ -293,7 +293,7 @@ def _compile_one(job):
     try:
         import torch
 
-        from dedicated.kernels.gemm import GemmConfig
+        from dedicated.kernels.gemm_config import GemmConfig
         from dedicated.kernels.moe_gemm import moe_align, moe_gemm
 
         layout = cfg_dict.pop("layout", "")

@@ -20,7 +20,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from dedicated.kernels.gemm import GemmConfig, dq_fma_kernel, dq_gemm_kernel, weight_tile_box
+from dedicated.kernels.gemm import dq_fma_kernel, dq_gemm_kernel
+from dedicated.kernels.gemm_config import GemmConfig
+from dedicated.kernels.gemm_operands import weight_tile_box
 
 _POINTERS = {"a_ptr": "*bf16", "c_ptr": "*bf16", "rw_ptr": "*fp32", "w_ptr": "*i32", "s_ptr": "*bf16",
              "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32", "npad_ptr": "*i32"}
@@ -45,7 +47,7 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     signature = {}
     for name in fn.arg_names:
         signature[name] = "constexpr" if name in constexprs else _POINTERS.get(name, "i32")
-    if cfg.tma:  # the weights come as a TMA descriptor whose box is one tile (gemm.weight_descriptor)
+    if cfg.tma:  # the weights come as a TMA descriptor whose box is one tile (gemm_operands.weight_descriptor)
         signature["w_ptr"] = f"tensordesc<i32[{','.join(map(str, weight_tile_box(cfg, bits, tile_major)))}]>"
     if cfg.pair_mma_too_short(bits):
         raise ValueError(f"unpack mode 2 needs block_k >= {8 * 32 // bits} at {bits} bits")

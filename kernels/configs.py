@@ -11,7 +11,7 @@ generic rule, which is the shape-independent part of the same measurements.
 
 from __future__ import annotations
 
-from dedicated.kernels.gemm import GemmConfig
+from dedicated.kernels.gemm_config import GemmConfig
 from dedicated.kernels.pair_order import PAIR_TILE_K
 
 Table = list[tuple[float, GemmConfig]]  # (max average tokens per expert, config); first fit wins

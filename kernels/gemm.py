@@ -28,7 +28,7 @@ few output tiles. The weights may be row-major ``[N, K*bits/32]`` words or, pair
 kernel takes a K-tile stride and a group stride. Pair-ordered weights laid out over 256-wide tiles
 are read with ``block_k=256``: each tile then covers two scale groups (``GemmConfig.spans_two_groups``).
 ``tma`` loads each weight tile with one bulk tensor copy from a host-side descriptor
-(:func:`weight_descriptor`) instead of per-thread asynchronous copies; it makes row-major words read
+(:func:`dedicated.kernels.gemm_operands.weight_descriptor`) instead of per-thread asynchronous copies; it makes row-major words read
 about as fast as K-tile-major ones.
 
 ``kernel="fma"`` is a second kernel for decode (one to a few tokens per expert): no tensor cores,
@@ -42,108 +42,16 @@ shape, so no table uses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
-from dedicated.kernels.dequant import check_packed, resolve_offset
-from dedicated.kernels.pair_order import PAIR_TILE_K, pair_positions
+from dedicated.kernels.dequant import resolve_offset
+from dedicated.kernels.gemm_config import GemmConfig, default_dense_config, resolve_config
+from dedicated.kernels.gemm_operands import (check_activations, check_gemm_weights, prepare_activations,
+                                             weight_descriptor, weight_strides)
+from dedicated.kernels.pair_order import PAIR_TILE_K
 from dedicated.kernels.unpack import is_interpreted, mma, mma_acc, pair_fields, tile_k_order, unpack_biased
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """Tile shape and schedule of one launch (the benchmark sweeps these on the GPU)."""
-
-    block_m: int = 16
-    block_n: int = 64
-    block_k: int = 128
-    swap_ab: bool = True
-    mode: int = 0  # unpack: 0 interleave, 1 pairs into one tile (unpack.py), 2 pairs in MMA registers
-    num_warps: int = 4
-    num_stages: int = 4
-    scale_b: bool = False  # fold the scale into bf16 weights and chain the accumulator (mma only)
-    kernel: str = "mma"  # "mma": tensor cores; "fma": CUDA-core GEMV for a few tokens per block
-    permute_a: bool = False  # mode 2: reorder activation columns once per call so each pair's are contiguous
-    split_k: int = 1  # programs per output tile, each over 1/split_k of K, summed by bf16 atomic adds
-    max_regs: int | None = None  # cap on registers per thread (ptx .maxnreg): more CTAs per SM, or spills
-    tma: bool = False  # mode 2: weight tiles by the tensor memory accelerator (one bulk copy per tile)
-
-    def __post_init__(self) -> None:
-        for name in ("block_m", "block_n", "block_k"):
-            v = getattr(self, name)
-            if v <= 0 or v & (v - 1):
-                raise ValueError(f"{name} must be a positive power of two, got {v}")
-        if self.kernel not in ("mma", "fma"):
-            raise ValueError(f"kernel must be 'mma' or 'fma', got {self.kernel!r}")
-        if self.kernel == "mma" and (self.block_m < 16 or self.block_n < 16 or self.block_k < 16):
-            raise ValueError("tensor-core tiles need block_m, block_n, block_k >= 16")
-        if self.mode not in (0, 1, 2):
-            raise ValueError(f"unpack mode must be 0, 1 or 2, got {self.mode}")
-        if self.permute_a and (self.mode != 2 or self.kernel != "mma"):
-            raise ValueError("permute_a only applies to unpack mode 2")
-        if self.split_k < 1 or self.split_k & (self.split_k - 1):
-            raise ValueError(f"split_k must be a positive power of two, got {self.split_k}")
-        if self.kernel == "fma" and self.split_k > 1:
-            raise ValueError("split_k applies to the tensor-core kernel only")
-        if self.tma and (self.kernel != "mma" or self.mode != 2):
-            raise ValueError("tma loads the weights of unpack mode 2 only")
-        if self.max_regs is not None and not 24 <= self.max_regs <= 255:
-            raise ValueError(f"max_regs must lie in [24, 255], got {self.max_regs}")
-
-    def pair_mma_too_short(self, bits: int) -> bool:
-        """A pair-register (mode 2) tile gives each pair MMA ``2 * block_k * bits / 32`` K: under 16,
-        too shallow for a bf16 tensor-core MMA."""
-        return self.kernel == "mma" and self.mode == 2 and 2 * self.block_k * bits // 32 < 16
-
-    def spans_two_groups(self, group_size: int, bits: int, pair_ordered: bool) -> bool:
-        """A pair-register tile over pair-ordered weights may cover two scale groups: each pair MMA
-        reads ``2 * block_k * bits / 32`` contiguous K columns, which then lie inside one group, and
-        the kernel switches scale half-way through the pairs. Weights in the checkpoint layout cannot
-        (``permute_a`` included): each pair takes a field of every word of the tile, so of both groups."""
-        pair_k = 2 * self.block_k * bits // 32
-        return (self.kernel == "mma" and self.mode == 2 and pair_ordered
-                and self.block_k == 2 * group_size and group_size % pair_k == 0)
-
-    def for_group(self, group_size: int, bits: int, pair_ordered: bool = False) -> "GemmConfig":
-        """Clamp the K tile so that no MMA straddles a scale group; a pair-register config (mode 2)
-        whose clamped tile is too short for a pair MMA falls back to the interleave unpack."""
-        wide = self.spans_two_groups(group_size, bits, pair_ordered)
-        cfg = self if self.block_k <= group_size or wide else replace(self, block_k=group_size)
-        if cfg.pair_mma_too_short(bits):
-            cfg = replace(cfg, mode=0, permute_a=False, tma=False)
-        return cfg
-
-    def for_pair_tile(self, tile_k: int, bits: int) -> "GemmConfig":
-        """This config reading weights pair-ordered over ``tile_k``-wide K tiles: ``block_k`` set to
-        the tile, and fewer pipeline stages where the deeper tile would not fit shared memory."""
-        if self.block_k == tile_k:
-            return self
-        cfg = replace(self, block_k=tile_k)
-        while cfg.num_stages > 2 and pipeline_bytes(cfg, bits) > SHARED_MEMORY_BUDGET:
-            cfg = replace(cfg, num_stages=cfg.num_stages - 1)
-        return cfg
-
-    def short(self) -> str:
-        if self.kernel == "fma":
-            return f"fma-m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}p{self.num_stages}"
-        return (
-            f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
-            f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
-            f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}{f'-r{self.max_regs}' if self.max_regs else ''}{'-tma' if self.tma else ''}"
-        )
-
-
-SHARED_MEMORY_BUDGET = 200 * 1024  # of an H100 SM's 227 KB per block, with room for the epilogue
-
-
-def pipeline_bytes(cfg: GemmConfig, bits: int) -> int:
-    """Shared memory the software pipeline's buffers take: per stage one activation tile (bf16) and
-    one packed weight tile (an estimate: Triton adds a little for barriers and the epilogue)."""
-    return cfg.num_stages * (cfg.block_m * cfg.block_k * 2 + cfg.block_n * cfg.block_k * bits // 8)
 
 
 @triton.jit(do_not_specialize=["M", "NUM_VALID", "NUM_PID_M"])
@@ -290,7 +198,7 @@ def _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, 
     The activation columns of a pair are strided (``PW`` apart): fine for a few decode rows, but
     for prefill tiles they cost an element-wise load and shared-memory store each, so with
     ``A_PERMUTED`` pair ``i`` reads the contiguous columns ``[i * 2 * WC, (i + 1) * 2 * WC)`` of each
-    K tile: either the caller reordered the activation columns (:func:`permute_pair_columns`, one
+    K tile: either the caller reordered the activation columns (:func:`~dedicated.kernels.gemm_operands.permute_pair_columns`, one
     gather per call) or the weights were re-laid once into pair order
     (:mod:`dedicated.kernels.pair_order`) and natural activations already match.
     """
@@ -457,108 +365,6 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
                          W_TMA=cfg.tma, UPCAST=interpreted, **common)
     if c is not out:
         out.copy_(c)
-
-
-def weight_descriptor(packed: torch.Tensor, cfg: GemmConfig, bits: int, is_moe: bool, tiled: bool) -> TensorDescriptor:
-    """A TMA descriptor whose box is one launch's weight tile: ``[1, BLOCK_N, words]`` of
-    ``[E, N, K*bits/32]`` or ``[1, 1, BLOCK_N, words]`` of K-tile-major ``[E, K/BLOCK_K, N, words]``
-    (a dense weight gets a leading expert dimension of one)."""
-    w = packed if is_moe else packed.unsqueeze(0)
-    box = weight_tile_box(cfg, bits, tiled)
-    if box[-1] * 4 % 16 or any(st * 4 % 16 for st in w.stride()[:-1]) or w.data_ptr() % 16:
-        raise ValueError(f"tma needs 16-byte aligned weight rows and tiles ({box[-1]} words per tile, strides "
-                         f"{tuple(w.stride())} words); use a config without tma for these weights")
-    return TensorDescriptor(w, list(w.shape), list(w.stride()), box)
-
-
-def weight_tile_box(cfg: GemmConfig, bits: int, tiled: bool) -> list[int]:
-    """The TMA box of one launch's weight tile, in words (the AOT compile names the same type)."""
-    words = cfg.block_k * bits // 32
-    return [1, 1, cfg.block_n, words] if tiled else [1, cfg.block_n, words]
-
-
-def check_gemm_weights(packed: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int, experts: bool,
-                       pair_ordered: bool, pair_tile_k: int = PAIR_TILE_K) -> tuple[int, int, bool]:
-    """``(N, K, tiled)`` of a GEMM's weights: row-major words, or (pair-ordered only) K-tile-major,
-    told apart by their rank."""
-    lead, lead_shape = (1, "E, ") if experts else (0, "")
-    tiled = packed.dim() == lead + 3
-    if packed.dim() != lead + 2 and not (tiled and pair_ordered):
-        raise ValueError(f"packed weights must be [{lead_shape}N, K*bits/32] (or K-tile-major pair-ordered "
-                         f"[{lead_shape}K/tile_k, N, tile_k*bits/32]), got {tuple(packed.shape)}")
-    if tiled and packed.stride(-2) != packed.shape[-1]:
-        raise ValueError("K-tile-major weights must have contiguous rows (use to_pair_order(..., tile_major=True))")
-    if tiled and packed.shape[-1] * 32 // bits != pair_tile_k:
-        raise ValueError(f"K-tile-major weights hold {packed.shape[-1] * 32 // bits}-wide K tiles but "
-                         f"pair_tile_k={pair_tile_k} was given")
-    n, k = check_packed(packed, scales, bits, group_size, tiled)
-    return n, k, tiled
-
-
-def weight_strides(packed: torch.Tensor, tiled: bool) -> tuple[int, int]:
-    """(row stride, K-tile stride) in words, for one matrix. The kernel reads the row stride only for
-    row-major ``[..., N, K*bits/32]`` words (their K tiles follow each other: a constexpr step) and
-    the K-tile stride only for K-tile-major ``[..., K/128, N, 128*bits/32]`` ones (their rows are
-    one tile apart: a constexpr step, see :func:`check_gemm_weights`)."""
-    return packed.stride(-2), packed.stride(-3) if tiled else 0
-
-
-def resolve_config(cfg: GemmConfig, group_size: int, bits: int, pair_ordered: bool,
-                   pair_tile_k: int = PAIR_TILE_K) -> GemmConfig:
-    """The config a launch really uses, and a clear error where it cannot read the weights' layout
-    (``pair_tile_k``: the K tile the pair-ordered weights were laid out over)."""
-    cfg = cfg.for_group(group_size, bits, pair_ordered)
-    if pair_ordered:
-        if group_size % PAIR_TILE_K:
-            raise ValueError(f"pair-ordered weights need a scale group that is a multiple of {PAIR_TILE_K}, "
-                             f"got {group_size}")
-        if cfg.kernel != "mma" or cfg.mode != 2 or cfg.block_k != pair_tile_k:
-            raise ValueError(f"pair-ordered weights are read by unpack mode 2 with block_k equal to their layout's "
-                             f"K tile ({pair_tile_k}), got {cfg.short()}")
-        cfg = replace(cfg, permute_a=False)  # the weights' layout already matches natural activations
-    return cfg
-
-
-def prepare_activations(x: torch.Tensor, cfg: GemmConfig, bits: int) -> torch.Tensor:
-    """The activations as the launch reads them: column-reordered if the (resolved) config says so."""
-    return permute_pair_columns(x, bits, cfg.block_k) if cfg.permute_a else x
-
-
-def permute_pair_columns(x: torch.Tensor, bits: int, block_k: int) -> torch.Tensor:
-    """Reorder ``x``'s columns within each ``block_k`` tile into unpack mode 2's pair order.
-
-    Tile column ``k = c * PW + f`` (word ``c``, field ``f``) moves to
-    :func:`dedicated.kernels.pair_order.pair_positions` ``[k]``. One gather over the activations per
-    call, so the kernel's loads are contiguous.
-    """
-    new_pos = pair_positions(bits, x.device, block_k)  # natural column r goes to new_pos[r]
-    source = torch.empty_like(new_pos)
-    source[new_pos] = torch.arange(block_k, device=x.device)
-    tiles = torch.arange(0, x.shape[1], block_k, device=x.device)
-    index = (tiles[:, None] + source[None, :]).reshape(-1)
-    return x.index_select(1, index)
-
-
-def default_dense_config(m: int, n: int, k: int, bits: int) -> GemmConfig:
-    """Swapped pair-register tiles at every size (the MoE sweep's winners, kernels/configs.py):
-    16 tokens per tile for decode, 64-128 with reordered activation columns for prefill (dropped
-    by :func:`resolve_config` for pair-ordered weights, which need no reordering)."""
-    if m <= 32:
-        return GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, num_warps=4, num_stages=3,
-                          scale_b=True)
-    return GemmConfig(block_m=64 if m <= 2048 else 128, block_n=128, block_k=128, swap_ab=True, mode=2,
-                      num_warps=4 if m <= 2048 else 8, num_stages=3, scale_b=True, permute_a=True)
-
-
-def check_activations(x: torch.Tensor, k: int, packed: torch.Tensor) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"activations must be [M, K], got {tuple(x.shape)}")
-    if x.shape[1] != k:
-        raise ValueError(f"activations have K={x.shape[1]} but the packed weight holds K={k}")
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        raise TypeError(f"activations must be bf16 or fp16, got {x.dtype}")
-    if x.device != packed.device:
-        raise ValueError(f"activations are on {x.device} but weights on {packed.device}")
 
 
 def dequant_gemm(

@@ -21,8 +21,9 @@ import torch
 import triton
 
 from dedicated.kernels.dequant import resolve_offset
-from dedicated.kernels.gemm import (GemmConfig, check_activations, check_gemm_weights, launch, prepare_activations,
-                                    resolve_config, weight_strides)
+from dedicated.kernels.gemm import launch
+from dedicated.kernels.gemm_config import GemmConfig, resolve_config
+from dedicated.kernels.gemm_operands import check_activations, check_gemm_weights, prepare_activations, weight_strides
 from dedicated.kernels.pair_order import PAIR_TILE_K
 
 

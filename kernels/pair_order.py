@@ -36,7 +36,7 @@ def pair_positions(bits: int, device: torch.device, block_k: int = PAIR_TILE_K) 
 
     Read one way it says which natural K column a pair-ordered word holds (:func:`to_pair_order`);
     read the other, where a natural activation column goes when the activations are reordered
-    instead of the weights (``dedicated.kernels.gemm.permute_pair_columns``).
+    instead of the weights (``dedicated.kernels.gemm_operands.permute_pair_columns``).
     """
     pw = 32 // bits
     half, wc = pw // 2, block_k // pw

@@ -17,7 +17,8 @@ from dedicated.kernels import gsq_relax as gsq
 from dedicated.kernels import reference as ref
 from dedicated.kernels.configs import all_configs
 from dedicated.kernels.dequant import dequantize
-from dedicated.kernels.gemm import GemmConfig, dequant_gemm, dq_gemm_kernel
+from dedicated.kernels.gemm import dequant_gemm, dq_gemm_kernel
+from dedicated.kernels.gemm_config import GemmConfig
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
 from dedicated.kernels.unpack import is_interpreted
 from dedicated.quantize_job.bitpack import pack

@@ -16,7 +16,7 @@ import pytest
 SCRIPT = """
 import sys
 from dedicated.kernels.aot import compile_moe
-from dedicated.kernels.gemm import GemmConfig
+from dedicated.kernels.gemm_config import GemmConfig
 cfgs = [
     (GemmConfig(block_m=16, block_n=64, block_k=128, swap_ab=True, mode=0, scale_b=True), 2),
     (GemmConfig(block_m=64, block_n=128, block_k=64, swap_ab=False, mode=0, num_stages=4, scale_b=True), 4),

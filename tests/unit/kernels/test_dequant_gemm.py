@@ -7,9 +7,9 @@ import torch
 
 from dedicated.kernels import reference as ref
 from dedicated.kernels.dequant import default_offset, dequantize
-from dedicated.kernels.gemm import GemmConfig, dequant_gemm
+from dedicated.kernels.gemm import dequant_gemm, dq_gemm_kernel
+from dedicated.kernels.gemm_config import GemmConfig
 from dedicated.kernels.unpack import is_interpreted
-from dedicated.kernels.gemm import dq_gemm_kernel
 from dedicated.quantize_job.bitpack import pack
 from dedicated.quantize_job.qtensor import QuantizedWeight
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dedicated.kernels import reference as ref
-from dedicated.kernels.gemm import GemmConfig
+from dedicated.kernels.gemm_config import GemmConfig
 from dedicated.kernels.moe_gemm import fused_moe, max_blocks, moe_align, moe_gemm
 from dedicated.quantize_job.bitpack import pack
 

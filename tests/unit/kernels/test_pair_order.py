@@ -9,7 +9,8 @@ import torch
 from dedicated.kernels import reference as ref
 from dedicated.kernels.configs import TUNED, moe_config
 from dedicated.kernels.dequant import dequantize
-from dedicated.kernels.gemm import GemmConfig, dequant_gemm
+from dedicated.kernels.gemm import dequant_gemm
+from dedicated.kernels.gemm_config import GemmConfig
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
 from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
 

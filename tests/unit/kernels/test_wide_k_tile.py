@@ -10,7 +10,8 @@ import torch
 
 from dedicated.kernels import reference as ref
 from dedicated.kernels.configs import moe_config
-from dedicated.kernels.gemm import GemmConfig, dequant_gemm
+from dedicated.kernels.gemm import dequant_gemm
+from dedicated.kernels.gemm_config import GemmConfig
 from dedicated.kernels.moe_gemm import fused_moe, moe_align, moe_gemm
 from dedicated.kernels.pair_order import from_pair_order, n_major_scales, pair_positions, to_pair_order
 
@@ -145,7 +146,7 @@ def test_wide_tables_and_preferred_layouts():
     assert cfg.block_k == 256 and cfg.num_stages == 2
     # the dense default for a 256-wide layout the same way: 128x128 prefill tiles, 3 stages of 80 KB
     # at 4 bits, would not fit an H100's shared memory
-    from dedicated.kernels.gemm import SHARED_MEMORY_BUDGET, default_dense_config, pipeline_bytes
+    from dedicated.kernels.gemm_config import SHARED_MEMORY_BUDGET, default_dense_config, pipeline_bytes
 
     dense = default_dense_config(8192, 1024, 2048, 4)
     assert dense.block_k == 128 and dense.num_stages == 3
