@@ -107,6 +107,24 @@ def time_calls(calls, replays: int = 25, graph: bool = True) -> tuple[float, str
     return statistics.median(times) / len(calls), mode
 
 
+def host_us_per_call(calls, rounds: int = 20) -> float:
+    """CPU time (this thread) per eager call, in microseconds: the Python checks, the argument
+    packing and the driver launch a call costs outside a CUDA graph. TMA configs also build a
+    descriptor per call (a Python object and a tensor-map encode), which a graph captures once."""
+    if DEVICE == "cpu":  # --smoke: the interpreter takes a second per call and the number means nothing
+        rounds = 1
+    for c in calls:
+        c()
+    sync()
+    t = time.thread_time()
+    for _ in range(rounds):
+        for c in calls:
+            c()
+    used = time.thread_time() - t
+    sync()
+    return used / (rounds * len(calls)) * 1e6
+
+
 def sync() -> None:
     import torch
 
@@ -280,6 +298,12 @@ def candidates(m: int, bits: int) -> list:
         out += [(C(block_m=16, block_n=64, block_k=256, swap_ab=True, mode=2, num_warps=4, num_stages=st,
                    scale_b=sb, split_k=sk), layout)
                 for st in (3, 4) for sb in (False, True) for sk in (1, 2) for layout in ("po256", "tm256")]
+    if m <= 128:  # run 13: several output tiles per program (tiles_n): a shorter grid whose programs pipeline
+        # on from one tile into the next (the 2-bit down GEMM has 4 K steps per tile and ran 1.18 waves)
+        tile_layouts = ("po", "tm", "po256", "tm256") if bits == 2 else ("po", "tm")
+        out += [(C(block_m=16, block_n=bn, block_k=LAYOUTS[layout][1], swap_ab=True, mode=2, num_warps=4,
+                   num_stages=3, scale_b=sb, tiles_n=tiles), layout)
+                for bn in (64, 128) for sb in (False, True) for tiles in (2, 4) for layout in tile_layouts]
     # run 10: every config again with its weight tiles by TMA descriptor (GemmConfig.tma)
     out += [(dataclasses.replace(c, tma=True), layout) for c, layout in out if c.max_regs is None]
     if ONLY is not None:
@@ -515,6 +539,11 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                 row["mine_err_vs_bf16"] = check(outs[0])
                 t, mode = time_calls(calls)
                 row["mine_us"], row["mine_timing"] = t * 1e6, mode
+                row["mine_host_us"] = host_us_per_call(calls)
+                if cfg.mode == 2:  # the same launch with the other weight-tile load, for the descriptor's cost
+                    other = dataclasses.replace(cfg, tma=not cfg.tma)
+                    row["host_us_tma" if other.tma else "host_us_no_tma"] = host_us_per_call(mine_calls(other, po))
+                    row["host_us_tma" if cfg.tma else "host_us_no_tma"] = row["mine_host_us"]
                 log(f"  M={m}: best {config_name(cfg, po)} {t * 1e6:.1f}us (default {row.get('default_config')} "
                     f"{row.get('default_us', float('nan')):.1f}us)")
 
@@ -530,6 +559,7 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                         row["humming_err_vs_bf16"] = check(hout)
                         t, mode = time_calls(hcalls)
                         row["humming_us"], row["humming_timing"], row["humming_block_m"] = t * 1e6, mode, bm
+                        row["humming_host_us"] = host_us_per_call(hcalls)
                     except Exception as exc:  # noqa: BLE001
                         row["humming_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                         log(f"  humming failed at M={m}: {row['humming_error']}")
@@ -723,6 +753,13 @@ def table(meta: dict, results: list, gsq_res: dict) -> str:
     lines.append("")
     lines.append("ours vs Humming > 1 means ours is faster. roofline = bytes that must move / peak bandwidth; "
                  "floor = max(roofline, 2*M*top_k*N*K / peak bf16 rate).")
+    if any("host_us_no_tma" in r for r in results):
+        lines += ["", "CPU time per eager call (no CUDA graph), us: ours as tabled, the same config with weight "
+                  "tiles by per-thread copies and by TMA descriptor, and Humming:", "",
+                  "| bits | GEMM | tokens | ours | no TMA | TMA | Humming |", "|---|---|---|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r['bits']} | {r['gemm']} | {r['tokens']} | {fmt(r.get('mine_host_us'))} | "
+                         f"{fmt(r.get('host_us_no_tma'))} | {fmt(r.get('host_us_tma'))} | {fmt(r.get('humming_host_us'))} |")
     errs = [(r.get('mine_err_vs_bf16'), r.get('humming_err_vs_bf16')) for r in results]
     if errs:
         lines.append("max rel. error vs the bf16 torch result: ours "

@@ -42,7 +42,7 @@ def compile_moe(cfg: GemmConfig, bits: int, kind: str = "down", arch: int = 90, 
     constexprs.update(stride_sn=1) if tile_major else constexprs.update(stride_sg=1)
     if cfg.kernel != "fma":
         constexprs.update(SWAP_AB=cfg.swap_ab, MODE=cfg.mode, UPCAST=False, SCALE_B=cfg.scale_b, SPLIT_K=cfg.split_k,
-                          W_TILED=tile_major, W_TMA=cfg.tma,
+                          W_TILED=tile_major, W_TMA=cfg.tma, TILES_N=cfg.tiles_n,
                           A_PERMUTED=cfg.permute_a or pair_ordered)
     signature = {}
     for name in fn.arg_names:

@@ -65,14 +65,15 @@ def dq_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SWAP_AB: tl.constexpr, MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr,
     A_PERMUTED: tl.constexpr, SPLIT_K: tl.constexpr, W_TILED: tl.constexpr, W_TMA: tl.constexpr = False,
+    TILES_N: tl.constexpr = 1,
 ):
-    PW: tl.constexpr = 32 // BITS
     pid = tl.program_id(0)
     # m-blocks vary fastest: neighbouring programs share one weight tile (same expert) in L2; the
-    # K split (split-K: several programs per output tile) varies slowest.
+    # K split (split-K: several programs per output tile) varies slowest. A program computes TILES_N
+    # neighbouring output tiles along N.
     pid_m = pid % NUM_PID_M
     pid_nk = pid // NUM_PID_M
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_n = tl.cdiv(tl.cdiv(N, BLOCK_N), TILES_N)
     pid_n = pid_nk % num_pid_n
     if SPLIT_K > 1:
         k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
@@ -97,15 +98,39 @@ def dq_gemm_kernel(
         expert = 0
         a_rows = rows
         c_rows = rows
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if W_TMA and IS_MOE:
+        expert = expert.to(tl.int32)  # descriptor coordinates are 32-bit
+    if TILES_N == 1:
+        _output_tile(pid_n * BLOCK_N, a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr, a_rows, c_rows, row_ok, expert, k_lo, k_hi, N,
+                     stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sg, stride_cm,
+                     stride_cn, BITS, GROUP, OFFSET, MUL_ROUTED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, MODE, UPCAST,
+                     SCALE_B, A_PERMUTED, SPLIT_K, W_TILED, W_TMA)
+    else:
+        # One loop over (tile, K step) pairs: the software pipeline runs on into the next tile, so its
+        # first loads are not a fresh latency per tile (the epilogue sits in the loop, behind a branch).
+        for j in tl.range(0, TILES_N, flatten=True):
+            _output_tile((pid_n * TILES_N + j) * BLOCK_N, a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr, a_rows, c_rows, row_ok,
+                         expert, k_lo, k_hi, N, stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se,
+                         stride_sn, stride_sg, stride_cm, stride_cn, BITS, GROUP, OFFSET, MUL_ROUTED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, MODE, UPCAST,
+                         SCALE_B, A_PERMUTED, SPLIT_K, W_TILED, W_TMA)
+
+
+@triton.jit
+def _output_tile(n0, a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr, a_rows, c_rows, row_ok, expert, k_lo, k_hi, N,
+                 stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sg, stride_cm,
+                 stride_cn, BITS: tl.constexpr, GROUP: tl.constexpr, OFFSET: tl.constexpr, MUL_ROUTED: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP_AB: tl.constexpr,
+                 MODE: tl.constexpr, UPCAST: tl.constexpr, SCALE_B: tl.constexpr, A_PERMUTED: tl.constexpr,
+                 SPLIT_K: tl.constexpr, W_TILED: tl.constexpr, W_TMA: tl.constexpr):
+    """Output rows ``[n0, n0 + BLOCK_N)`` of one row block, over the K range ``[k_lo, k_hi)``."""
+    PW: tl.constexpr = 32 // BITS
+    n = n0 + tl.arange(0, BLOCK_N)
     n_ok = n < N
     # Mode 2 reads rows past N from row N - 1 instead of masking its loads (their outputs are never
     # stored); modes 0/1 mask, as rows past N must read as zero there.
     n_w = tl.minimum(n, N - 1) if MODE == 2 else n
     if W_TMA:  # w_ptr is a tensor descriptor over [E, N, words] or [E, K/BLOCK_K, N, words]
         w_base = w_ptr
-        if IS_MOE:
-            expert = expert.to(tl.int32)  # descriptor coordinates are 32-bit
     else:
         if W_TILED:
             # K-tile-major rows are one tile's words apart: as a constexpr, so that the compiler can
@@ -123,7 +148,7 @@ def dq_gemm_kernel(
     if MODE == 2:
         acc = _pair_register_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, k_lo, k_hi, stride_am, stride_ak,
                                   stride_wk, stride_sg, BITS, GROUP, OFFSET, BLOCK_N, BLOCK_K, SWAP_AB, UPCAST, SCALE_B, A_PERMUTED,
-                                  W_TILED, W_TMA, expert, pid_n * BLOCK_N)
+                                  W_TILED, W_TMA, expert, n0)
     else:
         acc = _unpacked_tile_loop(acc, a_ptr, a_rows, row_ok, w_base, s_base, n_ok, k_lo, k_hi, stride_am,
                                   stride_ak, stride_sg, BITS, GROUP, OFFSET, BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B)
@@ -350,7 +375,7 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
     )
     args = (x, packed, scales, c, rw, sorted_ids, expert_ids, npad, m, n, k, num_valid, num_pid_m,
             x.stride(0), x.stride(1), *w_strides, *s_strides, c.stride(0), c.stride(1))
-    grid = (num_pid_m * triton.cdiv(n, cfg.block_n) * cfg.split_k,)
+    grid = (num_pid_m * triton.cdiv(triton.cdiv(n, cfg.block_n), cfg.tiles_n) * cfg.split_k,)
     if cfg.max_regs is not None and not interpreted:
         common["maxnreg"] = cfg.max_regs
     if cfg.kernel == "fma":
@@ -362,7 +387,7 @@ def launch(cfg: GemmConfig, x, packed, scales, out, rw, sorted_ids, expert_ids, 
         args = (args[0], weight_descriptor(packed, cfg, bits, is_moe, w_tiled), *args[2:])
     dq_gemm_kernel[grid](*args, SWAP_AB=cfg.swap_ab, MODE=cfg.mode, SCALE_B=cfg.scale_b,
                          A_PERMUTED=cfg.permute_a or pair_ordered, SPLIT_K=cfg.split_k, W_TILED=w_tiled,
-                         W_TMA=cfg.tma, UPCAST=interpreted, **common)
+                         W_TMA=cfg.tma, TILES_N=cfg.tiles_n, UPCAST=interpreted, **common)
     if c is not out:
         out.copy_(c)
 

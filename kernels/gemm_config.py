@@ -29,6 +29,7 @@ class GemmConfig:
     split_k: int = 1  # programs per output tile, each over 1/split_k of K, summed by bf16 atomic adds
     max_regs: int | None = None  # cap on registers per thread (ptx .maxnreg): more CTAs per SM, or spills
     tma: bool = False  # mode 2: weight tiles by the tensor memory accelerator (one bulk copy per tile)
+    tiles_n: int = 1  # output tiles per program along N, one pipelined loop over all their K steps
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -49,6 +50,10 @@ class GemmConfig:
             raise ValueError("split_k applies to the tensor-core kernel only")
         if self.tma and (self.kernel != "mma" or self.mode != 2):
             raise ValueError("tma loads the weights of unpack mode 2 only")
+        if self.tiles_n < 1 or self.tiles_n & (self.tiles_n - 1):
+            raise ValueError(f"tiles_n must be a positive power of two, got {self.tiles_n}")
+        if self.tiles_n > 1 and self.kernel != "mma":
+            raise ValueError("tiles_n applies to the tensor-core kernel only")
         if self.max_regs is not None and not 24 <= self.max_regs <= 255:
             raise ValueError(f"max_regs must lie in [24, 255], got {self.max_regs}")
 
@@ -92,6 +97,7 @@ class GemmConfig:
             f"m{self.block_m}n{self.block_n}k{self.block_k}{'s' if self.swap_ab else ''}"
             f"u{self.mode}{'b' if self.scale_b else ''}{'a' if self.permute_a else ''}w{self.num_warps}p{self.num_stages}"
             f"{f'-sk{self.split_k}' if self.split_k > 1 else ''}{f'-r{self.max_regs}' if self.max_regs else ''}{'-tma' if self.tma else ''}"
+            f"{f'-t{self.tiles_n}' if self.tiles_n > 1 else ''}"
         )
 
 

@@ -197,21 +197,24 @@ def test_pair_ordered_weights_at_real_shapes(experts, m):
         want = ref.moe_gemm_ref(x, w, s, ids, bits, GROUP, topk_weights=tw, out_dtype=torch.float32,
                                 weight_dtype=weight_dtype(cfg))
         assert rel_err(got, want) < 1e-4, cfg.short()
-        # the same on K-tile-major words with N-contiguous scales, split over K as well
+        # the same on K-tile-major words with N-contiguous scales, split over K as well, and with
+        # several output tiles per program
         tiled, s_n = to_pair_order(w, bits, tile_major=True), n_major_scales(s)
-        for c in (cfg, dataclasses.replace(cfg, split_k=2), dataclasses.replace(cfg, tma=True)):
+        for c in (cfg, dataclasses.replace(cfg, split_k=2), dataclasses.replace(cfg, tma=True),
+                  dataclasses.replace(cfg, tiles_n=2), dataclasses.replace(cfg, tiles_n=4, tma=True)):
             got = moe_gemm(x, tiled, s_n, r, bits, GROUP, topk_weights=tw, config=c, out=out.clone(), pair_ordered=True)
             assert rel_err(got, want) < 1e-4, c.short()
-        # weight tiles by TMA from row-major words too (rows past N read as zero)
-        c = dataclasses.replace(cfg, tma=True)
-        got = moe_gemm(x, ordered, s, r, bits, GROUP, topk_weights=tw, config=c, out=out.clone(), pair_ordered=True)
-        assert rel_err(got, want) < 1e-4, c.short()
+        # weight tiles by TMA from row-major words too (rows past N read as zero), and several tiles
+        # per program there
+        for c in (dataclasses.replace(cfg, tma=True), dataclasses.replace(cfg, tiles_n=4)):
+            got = moe_gemm(x, ordered, s, r, bits, GROUP, topk_weights=tw, config=c, out=out.clone(), pair_ordered=True)
+            assert rel_err(got, want) < 1e-4, c.short()
 
 
 @pytest.mark.parametrize("m", [1, 8, 128, 2048])
 def test_wide_k_tiles_and_register_cap_at_real_shapes(experts, m):
     """Pair order over 256-wide K tiles (two scale groups per tile; both layouts, scale folded or
-    not, split over K) and the 96-register cap, against the reference."""
+    not, split over K, two output tiles per program) and the 96-register cap, against the reference."""
     from dedicated.kernels.moe_gemm import default_moe_config
     from dedicated.kernels.pair_order import n_major_scales, to_pair_order
 
@@ -228,7 +231,8 @@ def test_wide_k_tiles_and_register_cap_at_real_shapes(experts, m):
             wide = to_pair_order(w, bits, tile_major=tile_major, tile_k=256)
             s_l = n_major_scales(s) if tile_major else s
             for c in (base, dataclasses.replace(base, scale_b=not base.scale_b),
-                      dataclasses.replace(base, split_k=2), dataclasses.replace(base, tma=True)):
+                      dataclasses.replace(base, split_k=2), dataclasses.replace(base, tma=True),
+                      dataclasses.replace(base, tiles_n=2)):
                 out = torch.full((m * TOP_K, n), float("nan"), device=DEV, dtype=torch.float32)
                 got = moe_gemm(x, wide, s_l, r, bits, GROUP, topk_weights=tw, config=c, out=out, pair_ordered=True,
                                pair_tile_k=256)

@@ -36,6 +36,9 @@ layouts = [(c, b, False) for c, b in cfgs] + [
     # weight tiles by TMA descriptor, row-major and K-tile-major words
     (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, tma=True), 4, False),
     (GemmConfig(block_m=16, block_n=128, block_k=256, swap_ab=True, mode=2, scale_b=True, tma=True), 2, True),
+    # several output tiles per program: one flattened loop over their K steps
+    (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, tiles_n=2), 2, True),
+    (GemmConfig(block_m=16, block_n=128, block_k=128, swap_ab=True, mode=2, tma=True, tiles_n=4), 4, False),
 ]
 for cfg, bits, tile_major in layouts:
     kernel = compile_moe(cfg, bits, "gate_up", pair_ordered=cfg.block_k == 256 or tile_major, tile_major=tile_major)
@@ -53,4 +56,4 @@ def test_representative_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 12
+    assert proc.stdout.count("compiled") == 14
