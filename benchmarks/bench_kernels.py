@@ -19,7 +19,7 @@ CUDA events; the median replay time over the number of calls is reported. Also: 
 loop (fwd+bwd) against plain torch autograd, and a GPTQ profile that decides whether a fused
 GPTQ block update is worth writing.
 
-    python benchmarks/bench_kernels.py                 # the table (uses kernels/configs.py)
+    python benchmarks/bench_kernels.py                 # the table: each layout's tuned config (kernels/configs.py)
     python benchmarks/bench_kernels.py --sweep         # also sweep launch configs per shape
     python benchmarks/bench_kernels.py --smoke         # CPU plumbing check (Triton interpreter)
 """
@@ -245,6 +245,20 @@ def lay_out(packed, scales, bits: int, layout: str):
     tile_major, tile_k = LAYOUTS[layout]
     words = to_pair_order(packed, bits, tile_major=tile_major, tile_k=tile_k)
     return words, (n_major_scales(scales) if tile_major else scales)
+
+
+def tabled_configs(m: int, n: int, k: int, bits: int, layouts) -> list:
+    """(config, layout) the shipped tables pick at this size: the checkpoint layout's default first
+    (the sweep's baseline), then each pair-ordered layout's tuned config; without ``--sweep`` the
+    fastest of these is "ours", so the table shows what a caller of :func:`moe_gemm` gets."""
+    from dedicated.kernels.moe_gemm import default_moe_config
+
+    out = [(default_moe_config(m, TOP_K, E, n, k, bits), "")]
+    for name, (tile_major, tile_k) in LAYOUTS.items():
+        if name in layouts:
+            out.append((default_moe_config(m, TOP_K, E, n, k, bits, pair_ordered=True, tile_major=tile_major,
+                                           pair_tile_k=tile_k), name))
+    return out
 
 
 def candidates(m: int, bits: int) -> list:
@@ -504,8 +518,8 @@ def bench_moe(args, bw: float, flops: float, results: list, sweep_rows: list) ->
                     return ((out.float() - ref_out.float()).norm() / ref_out.float().norm()).item()
 
                 default_cfg = default_moe_config(m, TOP_K, E, n, k, bits)
-                tried = [(default_cfg, "")] + ([c for c in candidates(m, bits) if c != (default_cfg, "") and c[1] in layouts]
-                                                if args.sweep else [])
+                tried = list(dict.fromkeys(tabled_configs(m, n, k, bits, layouts)
+                                           + ([c for c in candidates(m, bits) if c[1] in layouts] if args.sweep else [])))
                 best = None
                 for cfg, po in tried:
                     name = config_name(cfg, po)
@@ -824,14 +838,12 @@ def main() -> int:
         warm_thread = threading.Thread(target=warm_humming, args=(args,), daemon=True)
         warm_thread.start()
     if args.workers > 0:
-        from dedicated.kernels.moe_gemm import default_moe_config
-
         jobs = []
         for bits in args.bits:
             for kind, (n, k) in SHAPES.items():
                 for m in args.tokens:
                     cfgs = list(candidates(m, bits)) if args.sweep else []
-                    cfgs.append((default_moe_config(m, TOP_K, E, n, k, bits), ""))
+                    cfgs += tabled_configs(m, n, k, bits, [name for name in LAYOUTS if k % tile_k_of(name) == 0])
                     jobs += [(bits, kind, dict(dataclasses.asdict(c), layout=po)) for c, po in cfgs]
         meta["compile_errors"] = list(precompile(jobs, args.workers).values())
     if args.warm_only:
