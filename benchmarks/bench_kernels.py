@@ -707,33 +707,40 @@ def bench_gsq(args, results: dict) -> None:
 
 
 def bench_gptq(args, results: dict) -> None:
-    """Is GPTQ's column loop (launch-bound Python) a cost worth a fused kernel? Measure it."""
+    """GPTQ's column loop (launch-bound Python) against the fused in-block kernel
+    (``GPTQConfig(use_kernel=True)``, :mod:`dedicated.kernels.gptq_block`): wall time and GPU time."""
     import torch
 
-    from dedicated.quantize_job.gptq import gptq
+    from dedicated.quantize_job.gptq import GPTQConfig, gptq
 
     experts, n, k = (8, 2 * INTER, HIDDEN) if not args.smoke else (1, 8, 256)
     torch.manual_seed(1)
     w = torch.randn(experts, n, k, device=DEVICE) * 0.02
     x = torch.randn(experts, 1024 if not args.smoke else 16, k, device=DEVICE)
     h = x.transpose(-1, -2) @ x
-    gptq(w, h, 2)
-    sync()
-    t = time.time()
-    gptq(w, h, 2)
-    sync()
-    wall = time.time() - t
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA if DEVICE != "cpu" else ProfilerActivity.CPU]) as prof:
-        gptq(w, h, 2)
+    variants = {"torch": GPTQConfig()}
+    if DEVICE != "cpu":  # the fused loop needs CUDA
+        variants["fused"] = GPTQConfig(use_kernel=True)
+    for name, cfg in variants.items():
+        gptq(w, h, 2, config=cfg)
         sync()
-    avgs = prof.key_averages()
-    gpu_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in avgs)
-    kernels = sum(e.count for e in avgs if getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) > 0)
-    results["gptq"] = {"shape": f"{experts} experts x [{n}, {k}]", "wall_ms": wall * 1e3,
-                       "gpu_busy_ms": gpu_us / 1e3, "gpu_ops": kernels}
-    log(f"  GPTQ {experts}x[{n},{k}]: wall {wall * 1e3:.1f} ms, GPU busy {gpu_us / 1e3:.1f} ms, {kernels} GPU ops")
+        t = time.time()
+        gptq(w, h, 2, config=cfg)
+        sync()
+        wall = time.time() - t
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA if DEVICE != "cpu" else ProfilerActivity.CPU]) as prof:
+            gptq(w, h, 2, config=cfg)
+            sync()
+        avgs = prof.key_averages()
+        gpu_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in avgs)
+        kernels = sum(e.count for e in avgs if getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) > 0)
+        results["gptq" if name == "torch" else "gptq_fused"] = {
+            "shape": f"{experts} experts x [{n}, {k}]", "wall_ms": wall * 1e3, "gpu_busy_ms": gpu_us / 1e3,
+            "gpu_ops": kernels}
+        log(f"  GPTQ ({name}) {experts}x[{n},{k}]: wall {wall * 1e3:.1f} ms, GPU busy {gpu_us / 1e3:.1f} ms, "
+            f"{kernels} GPU ops")
 
 
 # ----------------------------------------------------------------------------------------------- I/O
@@ -794,7 +801,11 @@ def table(meta: dict, results: list, gsq_res: dict) -> str:
     if gsq_res.get("gptq"):
         g = gsq_res["gptq"]
         lines.append(f"\nGPTQ (quantize_job.gptq, 2-bit) {g['shape']}: wall {g['wall_ms']:.1f} ms, "
-                     f"GPU busy {g['gpu_busy_ms']:.1f} ms")
+                     f"GPU busy {g['gpu_busy_ms']:.1f} ms ({g['gpu_ops']} GPU ops)")
+        f = gsq_res.get("gptq_fused")
+        if f:
+            lines.append(f"with the fused in-block loop (use_kernel=True): wall {f['wall_ms']:.1f} ms, GPU busy "
+                         f"{f['gpu_busy_ms']:.1f} ms ({f['gpu_ops']} GPU ops), {g['wall_ms'] / f['wall_ms']:.1f}x")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ and raises beyond that instead of returning garbage.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,8 @@ class GPTQConfig:
     act_order: bool = True
     block_size: int = 128
     max_damp: float = 10.0
+    # dedicated.kernels.gptq_block on CUDA: one launch per block of columns instead of ~6 per column
+    use_kernel: bool = False
 
 
 @dataclass
@@ -98,6 +101,64 @@ def upper_cholesky_of_inverse(h: torch.Tensor, damp: float, max_damp: float) -> 
     return u, damps
 
 
+def _quantize_block_torch(W1: torch.Tensor, U1: torch.Tensor, Err1: torch.Tensor, Q1: torch.Tensor,
+                          scales: torch.Tensor, col_scales: torch.Tensor | None, i1: int, bits: int,
+                          group_size: int) -> None:
+    """One block's columns in order, in torch: round, record the scaled error, push it onto the
+    block's later columns. A group's scale is searched when its first column is reached (unless
+    ``act_order`` fixed the scales up front). Fills ``Q1``/``Err1`` and updates ``W1`` in place."""
+    lo, hi = code_range(bits)
+    u_diag = torch.diagonal(U1, dim1=-2, dim2=-1)
+    for i in range(W1.shape[-1]):
+        col = i1 + i
+        if col_scales is None:
+            if col % group_size == 0:
+                scales[..., col // group_size] = search_scales(
+                    W1[..., i:i + group_size], bits, group_size, col_weight=u_diag[..., i:i + group_size].reciprocal().square()
+                ).squeeze(-1)
+            s = scales[..., col // group_size]  # [E, O]
+        else:
+            s = col_scales[..., col]
+        wcol = W1[..., i]
+        q = torch.clamp(torch.round(wcol / s), lo, hi)
+        Q1[..., i] = q.to(torch.int8)
+        err = (wcol - q * s) / U1[..., i, i].unsqueeze(-1)  # [E, O]
+        W1[..., i:] -= err.unsqueeze(-1) * U1[..., i, i:].unsqueeze(1)
+        Err1[..., i] = err
+
+
+def _fused_block(device: torch.device):
+    """The fused in-block loop (:mod:`dedicated.kernels.gptq_block`), or a clear error where it cannot run."""
+    if device.type != "cuda":
+        raise ValueError("use_kernel=True needs a CUDA device; the Triton GPTQ block kernel does not run on CPU")
+    try:
+        from dedicated.kernels.gptq_block import gptq_block
+    except ImportError as exc:  # the kernel is another module's deliverable
+        raise ImportError("use_kernel=True but dedicated.kernels.gptq_block is not importable") from exc
+    return functools.partial(_quantize_block_fused, gptq_block)
+
+
+def _quantize_block_fused(gptq_block, W1: torch.Tensor, U1: torch.Tensor, Err1: torch.Tensor, Q1: torch.Tensor,
+                          scales: torch.Tensor, col_scales: torch.Tensor | None, i1: int, bits: int,
+                          group_size: int) -> None:
+    """The torch column loop's work for one block, one launch per block (``act_order``: the column
+    scales are known up front) or per group (a group's scale is searched on the weights as the
+    previous columns' errors left them, as the torch loop does)."""
+    lo, hi = code_range(bits)
+    E, O, b = W1.shape
+    if col_scales is not None:
+        gptq_block(W1, U1, col_scales[..., i1:i1 + b], Q1, Err1, 0, b, lo, hi)
+        return
+    u_diag = torch.diagonal(U1, dim1=-2, dim2=-1)
+    for c0 in range(0, b, group_size):
+        g = (i1 + c0) // group_size
+        scales[..., g] = search_scales(
+            W1[..., c0:c0 + group_size], bits, group_size, col_weight=u_diag[..., c0:c0 + group_size].reciprocal().square()
+        ).squeeze(-1)
+        per_row = scales[..., g].unsqueeze(-1).expand(E, O, b)  # one scale for the group's columns
+        gptq_block(W1, U1, per_row, Q1, Err1, c0, c0 + group_size, lo, hi)
+
+
 @torch.no_grad()
 def gptq(
     w: torch.Tensor,
@@ -113,7 +174,6 @@ def gptq(
     n_groups = check_group(w.shape[-1], group_size)
     if config.block_size % group_size:
         raise ValueError(f"block size {config.block_size} must be a multiple of the group size {group_size}")
-    lo, hi = code_range(bits)
     W = w.float().clone()
     H = h.float().clone()
     E, O, I = W.shape
@@ -136,29 +196,13 @@ def gptq(
     U, damps = upper_cholesky_of_inverse(H, config.damp, config.max_damp)
     Q = torch.empty(E, O, I, dtype=torch.int8, device=W.device)
     B = config.block_size
+    quantize_block = _fused_block(W.device) if config.use_kernel else _quantize_block_torch
     for i1 in range(0, I, B):
         i2 = min(i1 + B, I)
         W1 = W[..., i1:i2].clone()
         Err1 = torch.empty_like(W1)
         U1 = U[..., i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col_scales is None:
-                if col % group_size == 0:
-                    g = col // group_size
-                    grp = W1[..., i : i + group_size]
-                    scales[..., g] = search_scales(
-                        grp, bits, group_size, col_weight=torch.diagonal(U1, dim1=-2, dim2=-1)[..., i : i + group_size].reciprocal().square()
-                    ).squeeze(-1)
-                s = scales[..., col // group_size]  # [E, O]
-            else:
-                s = col_scales[..., col]
-            wcol = W1[..., i]
-            q = torch.clamp(torch.round(wcol / s), lo, hi)
-            Q[..., col] = q.to(torch.int8)
-            err = (wcol - q * s) / U1[..., i, i].unsqueeze(-1)  # [E, O]
-            W1[..., i:] -= err.unsqueeze(-1) * U1[..., i, i:].unsqueeze(1)
-            Err1[..., i] = err
+        quantize_block(W1, U1, Err1, Q[..., i1:i2], scales, col_scales, i1, bits, group_size)
         if i2 < I:
             W[..., i2:] -= torch.bmm(Err1, U[..., i1:i2, i2:])
 

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-_MODULES = ("unpack", "dequant", "gemm", "configs", "moe_gemm", "reference", "gsq_relax")
+_MODULES = ("unpack", "dequant", "gemm", "configs", "moe_gemm", "reference", "gsq_relax", "gptq_block")
 
 _previous = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
