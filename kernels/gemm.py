@@ -100,19 +100,14 @@ def dq_gemm_kernel(
         c_rows = rows
     if W_TMA and IS_MOE:
         expert = expert.to(tl.int32)  # descriptor coordinates are 32-bit
-    if TILES_N == 1:
-        _output_tile(pid_n * BLOCK_N, a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr, a_rows, c_rows, row_ok, expert, k_lo, k_hi, N,
-                     stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sg, stride_cm,
-                     stride_cn, BITS, GROUP, OFFSET, MUL_ROUTED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, MODE, UPCAST,
-                     SCALE_B, A_PERMUTED, SPLIT_K, W_TILED, W_TMA)
-    else:
-        # One loop over (tile, K step) pairs: the software pipeline runs on into the next tile, so its
-        # first loads are not a fresh latency per tile (the epilogue sits in the loop, behind a branch).
-        for j in tl.range(0, TILES_N, flatten=True):
-            _output_tile((pid_n * TILES_N + j) * BLOCK_N, a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr, a_rows, c_rows, row_ok,
-                         expert, k_lo, k_hi, N, stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se,
-                         stride_sn, stride_sg, stride_cm, stride_cn, BITS, GROUP, OFFSET, MUL_ROUTED, BLOCK_M, BLOCK_N, BLOCK_K, SWAP_AB, MODE, UPCAST,
-                         SCALE_B, A_PERMUTED, SPLIT_K, W_TILED, W_TMA)
+    # TILES_N > 1: one loop over (tile, K step) pairs, so the software pipeline runs on into the next
+    # tile instead of paying its first loads' latency per tile (the epilogue sits in the loop, behind
+    # a branch). A single tile's loop of one trip folds away.
+    for j in tl.range(0, TILES_N, flatten=TILES_N > 1):
+        _output_tile((pid_n * TILES_N + j) * BLOCK_N, a_ptr, w_ptr, s_ptr, c_ptr, rw_ptr, a_rows, c_rows, row_ok,
+                     expert, k_lo, k_hi, N, stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_se,
+                     stride_sn, stride_sg, stride_cm, stride_cn, BITS, GROUP, OFFSET, MUL_ROUTED, BLOCK_M, BLOCK_N,
+                     BLOCK_K, SWAP_AB, MODE, UPCAST, SCALE_B, A_PERMUTED, SPLIT_K, W_TILED, W_TMA)
 
 
 @triton.jit

@@ -101,6 +101,17 @@ def upper_cholesky_of_inverse(h: torch.Tensor, damp: float, max_damp: float) -> 
     return u, damps
 
 
+def _search_group_scale(W1: torch.Tensor, U1: torch.Tensor, scales: torch.Tensor, c0: int, i1: int, bits: int,
+                        group_size: int) -> int:
+    """Search the scale of the group starting at block column ``c0`` on the weights as the earlier
+    columns' errors left them, each column weighted by ``1 / U_jj^2``; returns the group's index."""
+    g = (i1 + c0) // group_size
+    u_diag = torch.diagonal(U1, dim1=-2, dim2=-1)[..., c0:c0 + group_size]
+    scales[..., g] = search_scales(W1[..., c0:c0 + group_size], bits, group_size,
+                                   col_weight=u_diag.reciprocal().square()).squeeze(-1)
+    return g
+
+
 def _quantize_block_torch(W1: torch.Tensor, U1: torch.Tensor, Err1: torch.Tensor, Q1: torch.Tensor,
                           scales: torch.Tensor, col_scales: torch.Tensor | None, i1: int, bits: int,
                           group_size: int) -> None:
@@ -108,14 +119,11 @@ def _quantize_block_torch(W1: torch.Tensor, U1: torch.Tensor, Err1: torch.Tensor
     block's later columns. A group's scale is searched when its first column is reached (unless
     ``act_order`` fixed the scales up front). Fills ``Q1``/``Err1`` and updates ``W1`` in place."""
     lo, hi = code_range(bits)
-    u_diag = torch.diagonal(U1, dim1=-2, dim2=-1)
     for i in range(W1.shape[-1]):
         col = i1 + i
         if col_scales is None:
             if col % group_size == 0:
-                scales[..., col // group_size] = search_scales(
-                    W1[..., i:i + group_size], bits, group_size, col_weight=u_diag[..., i:i + group_size].reciprocal().square()
-                ).squeeze(-1)
+                _search_group_scale(W1, U1, scales, i, i1, bits, group_size)
             s = scales[..., col // group_size]  # [E, O]
         else:
             s = col_scales[..., col]
@@ -149,12 +157,8 @@ def _quantize_block_fused(gptq_block, W1: torch.Tensor, U1: torch.Tensor, Err1: 
     if col_scales is not None:
         gptq_block(W1, U1, col_scales[..., i1:i1 + b], Q1, Err1, 0, b, lo, hi)
         return
-    u_diag = torch.diagonal(U1, dim1=-2, dim2=-1)
     for c0 in range(0, b, group_size):
-        g = (i1 + c0) // group_size
-        scales[..., g] = search_scales(
-            W1[..., c0:c0 + group_size], bits, group_size, col_weight=u_diag[..., c0:c0 + group_size].reciprocal().square()
-        ).squeeze(-1)
+        g = _search_group_scale(W1, U1, scales, c0, i1, bits, group_size)
         per_row = scales[..., g].unsqueeze(-1).expand(E, O, b)  # one scale for the group's columns
         gptq_block(W1, U1, per_row, Q1, Err1, c0, c0 + group_size, lo, hi)
 
