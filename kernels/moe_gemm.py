@@ -15,6 +15,7 @@ the top-k rows (:func:`fused_moe`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -187,8 +188,12 @@ def fused_moe(
     pair_ordered: bool = False,
     pair_tile_k: int = PAIR_TILE_K,
     down_pair_tile_k: int | None = None,
+    activation: Callable[[torch.Tensor], torch.Tensor] = silu_and_mul,
 ) -> torch.Tensor:
     """A whole routed-expert MLP: gate/up GEMM, SwiGLU, down GEMM times routing weight, sum.
+
+    ``activation`` maps the gate/up output ``[rows, 2 * I]`` to ``[rows, I]``; SwiGLU by default, a
+    model's own gate (for example a transformers experts module's ``_apply_gate``) where it differs.
 
     Pair-ordered weights: each GEMM's layout may differ (``configs.preferred_layout``): row-major or
     K-tile-major is read from each tensor's rank, the K tile is ``pair_tile_k`` for gate/up and
@@ -206,7 +211,7 @@ def fused_moe(
     r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
     h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered,
                  pair_tile_k=pair_tile_k)
-    a = silu_and_mul(h)
+    a = activation(h)
     y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2,
                  pair_ordered=pair_ordered, pair_tile_k=down_tile)
     return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
