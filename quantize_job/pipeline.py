@@ -633,36 +633,68 @@ def _layer_module_names(path: Path) -> list[str]:
 def _validate(run: Run, state: JobState, staging: Path, text: TextData, tokenizer, device: torch.device,
               ppl_original: float | None):
     from dedicated.quantize_job.errors import ValidationFailed
-    from dedicated.quantize_job.validate import Quality, dequantize_humming_checkpoint, judge, measure
+    from dedicated.quantize_job.validate import ENGINE_CHECKPOINT, Quality, judge, measure
 
     cfg = run.config
     if not cfg.validation.enabled:
         log.warning("validation is disabled (spec.validation.enabled=false): publishing without a load test")
         return Quality(perplexity_original=None, perplexity_quantized=None, load_test_passed=None,
                        max_perplexity_ratio=cfg.validation.max_perplexity_ratio)
-    loadable = staging
-    if cfg.output_format == "humming":
-        run.progress.note("dequantizing the Humming checkpoint for the load test")
-        loadable = dequantize_humming_checkpoint(staging, state.validate_dir)
+    engine, note = ENGINE_CHECKPOINT, None
     try:
-        ppl_q, ok, generated = measure(loadable, text.heldout, device, tokenizer=tokenizer,
-                                       new_tokens=cfg.validation.generate_tokens)
+        if cfg.output_format == "humming":
+            (ppl_q, ok, generated), engine, note = _measure_humming(run, state, staging, text, tokenizer, device)
+        else:
+            ppl_q, ok, generated = measure(staging, text.heldout, device, tokenizer=tokenizer,
+                                           new_tokens=cfg.validation.generate_tokens)
     except QuantizeJobError:
         raise
     except Exception as exc:
         raise ValidationFailed(f"the exported checkpoint does not load or run: {type(exc).__name__}: {exc}") from None
-    finally:
-        if loadable != staging:
-            shutil.rmtree(loadable, ignore_errors=True)
     quality = Quality(perplexity_original=ppl_original, perplexity_quantized=ppl_q,
                       load_test_passed=ok, max_perplexity_ratio=cfg.validation.max_perplexity_ratio,
-                      generated_text=generated, heldout_tokens=int(text.heldout.numel()))
-    log.info("validation: perplexity original %s quantized %.4f ratio %s (max %g); load test %s; generated %r",
-             f"{ppl_original:.4f}" if ppl_original else "n/a", ppl_q,
+                      generated_text=generated, heldout_tokens=int(text.heldout.numel()),
+                      engine=engine, engine_note=note)
+    log.info("validation (%s): perplexity original %s quantized %.4f ratio %s (max %g); load test %s; generated %r",
+             engine, f"{ppl_original:.4f}" if ppl_original else "n/a", ppl_q,
              f"{quality.perplexity_ratio:.4f}" if quality.perplexity_ratio else "n/a",
              cfg.validation.max_perplexity_ratio, "passed" if ok else "FAILED", generated)
     judge(quality)
     return quality
+
+
+def _measure_humming(run: Run, state: JobState, staging: Path, text: TextData, tokenizer, device: torch.device):
+    """Measure a Humming checkpoint packed on a GPU; dequantized to BF16 where that cannot run.
+
+    Returns ``(measurement, engine, note)``; the note says why the packed path was not used.
+    """
+    from dedicated.quantize_job.packed_model import PackedModelUnsupported
+    from dedicated.quantize_job.validate import (ENGINE_DEQUANTIZED, ENGINE_PACKED, dequantize_humming_checkpoint,
+                                                 measure, measure_packed, release_memory)
+
+    new_tokens = run.config.validation.generate_tokens
+    if device.type != "cuda":
+        note = "the packed experts run on CUDA only; this Job validates on the CPU"
+    else:
+        run.progress.note("loading the Humming checkpoint with its experts packed for the load test")
+        try:
+            return (measure_packed(staging, text.heldout, device, tokenizer=tokenizer, new_tokens=new_tokens),
+                    ENGINE_PACKED, None)
+        except PackedModelUnsupported as exc:
+            note = f"the packed loader cannot run this model: {exc}"
+        except QuantizeJobError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the dequantized path below still judges the checkpoint
+            note = f"the packed run failed ({type(exc).__name__}: {exc})"
+        log.warning("%s; validating a dequantized BF16 copy instead", note)
+        release_memory()
+    run.progress.note("dequantizing the Humming checkpoint for the load test")
+    loadable = dequantize_humming_checkpoint(staging, state.validate_dir)
+    try:
+        return measure(loadable, text.heldout, device, tokenizer=tokenizer, new_tokens=new_tokens), \
+            ENGINE_DEQUANTIZED, note
+    finally:
+        shutil.rmtree(loadable, ignore_errors=True)
 
 
 def _cleanup(run: Run, state_dir: Path) -> None:

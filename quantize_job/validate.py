@@ -4,10 +4,13 @@ Quality is measured on the artifact itself, not on the quantizer's in-memory mod
 checkpoint is read back from disk exactly as a consumer would, so a packing or export bug fails here
 rather than in production.
 
-- Humming (GSQ): no transformers integration exists, so :func:`dequantize_humming_checkpoint`
-  unpacks every quantized Linear through ``dedicated.quantize_job.humming`` into a BF16 checkpoint
+- Humming (GSQ): no transformers integration exists. On a GPU, :func:`measure_packed` loads the
+  checkpoint with its routed experts still packed and runs them through the bundled Triton MoE
+  dequant-GEMM (``packed_model``): the 2-bit model needs about its checkpoint's size in GPU memory,
+  not the BF16 model's. Where that loader cannot run the model (CPU, another experts layout),
+  :func:`dequantize_humming_checkpoint` unpacks every quantized Linear into a BF16 checkpoint
   (streamed shard by shard into the state dir), which transformers then loads as the base
-  architecture. The dequantized values are exactly the ones the Humming kernels compute.
+  architecture. Both see exactly the dequantized values the Humming kernels compute.
 - auto_round:auto_gptq (AutoRound) and BF16: ``transformers.from_pretrained`` (auto-round's own
   backends for the packed Linears).
 
@@ -41,6 +44,12 @@ INDEX = "model.safetensors.index.json"
 _AUX_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken", ".py")
 
 
+# How the quantized checkpoint was run for its measurement (the manifest's quality.engine).
+ENGINE_CHECKPOINT = "checkpoint"  # loaded by transformers as published (AutoRound, BF16)
+ENGINE_PACKED = "packed-experts"  # Humming: routed experts packed, through the bundled Triton MoE GEMM
+ENGINE_DEQUANTIZED = "dequantized-bf16"  # Humming: a BF16 copy of the same dequantized values
+
+
 @dataclass
 class Quality:
     perplexity_original: float | None
@@ -49,6 +58,8 @@ class Quality:
     max_perplexity_ratio: float
     generated_text: str | None = None
     heldout_tokens: int = 0
+    engine: str = ENGINE_CHECKPOINT
+    engine_note: str | None = None
 
     @property
     def perplexity_ratio(self) -> float | None:
@@ -64,7 +75,8 @@ class Quality:
 
     def to_manifest(self) -> dict[str, Any]:
         return {**self.to_contract(), "maxPerplexityRatio": self.max_perplexity_ratio,
-                "heldoutTokens": self.heldout_tokens, "generatedText": self.generated_text}
+                "heldoutTokens": self.heldout_tokens, "generatedText": self.generated_text,
+                "engine": self.engine, "engineNote": self.engine_note}
 
 
 def _round(x: float | None) -> float | None:
@@ -129,6 +141,11 @@ def _input_device(model) -> torch.device:
 
 def free(model) -> None:
     del model
+    release_memory()
+
+
+def release_memory() -> None:
+    """Return what dropped models held, so the next load sees the GPU's memory free."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -219,16 +236,38 @@ def generation_test(model, tokenizer, prompt_ids: torch.Tensor, new_tokens: int)
     return ok, text
 
 
+def measure_model(model, windows: torch.Tensor, *, tokenizer=None,
+                  new_tokens: int = 0) -> tuple[float, bool, str | None]:
+    """Perplexity of a loaded model, plus a generation test when ``new_tokens``."""
+    ppl = perplexity(model, windows)
+    ok, text = (True, None)
+    if new_tokens:
+        ok, text = generation_test(model, tokenizer, windows[0, : min(32, windows.shape[1])], new_tokens)
+    return ppl, ok, text
+
+
 def measure(model_dir: Path, windows: torch.Tensor, device: torch.device, *, tokenizer=None,
             new_tokens: int = 0) -> tuple[float, bool, str | None]:
-    """Perplexity of one checkpoint directory, plus a generation test when ``new_tokens``."""
+    """:func:`measure_model` on a checkpoint directory that transformers loads as it is."""
     model = load_model(model_dir, device)
     try:
-        ppl = perplexity(model, windows)
-        ok, text = (True, None)
-        if new_tokens:
-            ok, text = generation_test(model, tokenizer, windows[0, : min(32, windows.shape[1])], new_tokens)
-        return ppl, ok, text
+        return measure_model(model, windows, tokenizer=tokenizer, new_tokens=new_tokens)
+    finally:
+        free(model)
+
+
+def measure_packed(checkpoint: Path, windows: torch.Tensor, device: torch.device, *, tokenizer=None,
+                   new_tokens: int = 0) -> tuple[float, bool, str | None]:
+    """:func:`measure_model` on a Humming checkpoint with its routed experts still packed.
+
+    Raises ``PackedModelUnsupported`` (before any measurement) for a model the packed loader
+    cannot run; see ``dedicated.quantize_job.packed_model``.
+    """
+    from dedicated.quantize_job.packed_model import load_packed_model
+
+    model = load_packed_model(checkpoint, device)
+    try:
+        return measure_model(model, windows, tokenizer=tokenizer, new_tokens=new_tokens)
     finally:
         free(model)
 

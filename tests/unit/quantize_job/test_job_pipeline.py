@@ -90,6 +90,9 @@ def test_gsq_job_publishes_a_validated_humming_checkpoint(tiny_moe: Path, tmp_pa
     assert manifest["modules"] == {"quantized": 24, "experts": 24, "keptBF16": 19}
     assert manifest["layers"]["total"] == 2 and manifest["layers"]["computed"] == 2
     assert manifest["quality"]["perplexityRatio"] == q["perplexityRatio"]
+    # On the CPU the packed experts cannot run (CUDA only), so the dequantized copy was measured.
+    assert manifest["quality"]["engine"] == "dequantized-bf16"
+    assert "CUDA only" in manifest["quality"]["engineNote"]
     assert manifest["calibration"]["source"] == "builtin:stdlib-docstrings"
     assert manifest["result"] == result
 
@@ -138,6 +141,7 @@ def test_autoround_job_publishes_auto_gptq_with_the_reference_keep_list(tiny_moe
                   runtime={"methodOptions": {"autoround.iters": 2, "autoround.batch_size": 4}})
     result = run_job(parse_config(cfg))
     assert result["artifact"]["format"] == "auto_round" and result["quality"]["loadTestPassed"] is True
+    assert json.loads((out / "manifest.json").read_text())["quality"]["engine"] == "checkpoint"
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (qc["quant_method"], qc["packing_format"], qc["bits"], qc["group_size"], qc["sym"]) == \
         ("auto-round", "auto_round:auto_gptq", 4, 128, True)

@@ -1,0 +1,40 @@
+"""A tiny Humming checkpoint made the way the quantize Job makes one (no download possible)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+
+def tiny_humming_checkpoint(root: Path, bits: int, extra_modules: tuple[str, ...] = ()) -> Path:
+    """A random tiny Qwen2-MoE saved as a Hub checkpoint, its routed experts (plus ``extra_modules``)
+    RTN-quantized and exported through the Job's compressed-tensors writer and Humming repack."""
+    from transformers import Qwen2MoeForCausalLM
+
+    from dedicated.quantize_job.config import parse_config
+    from dedicated.quantize_job.export import humming_ignore, repack_to_humming, write_compressed_tensors
+    from dedicated.quantize_job.preflight import read_layout, selected_modules
+    from dedicated.quantize_job.rtn import rtn_quantize
+    from dedicated.quantize_job.tinymoe.config import tiny_moe_config
+
+    torch.manual_seed(0)
+    model = Qwen2MoeForCausalLM(tiny_moe_config("test")).to(torch.bfloat16)
+    base = root / "base"
+    model.save_pretrained(base)
+    # The Job makes Humming checkpoints at 2 bits (GSQ); the format and the kernels also take 4.
+    cfg = parse_config({"model": {"path": str(base)}, "method": "gsq", "bits": 2,
+                        "output": {"dir": str(root / "o"), "volume": {}}})
+    layout = read_layout(base)
+    modules = [*selected_modules(cfg, layout), *extra_modules]
+    weights = {}
+    for shard in base.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            weights.update({k: f.get_tensor(k) for k in f.keys()})
+    quantized = {m: rtn_quantize(weights[f"{m}.weight"].float(), bits, 128) for m in modules}
+    ignore = humming_ignore(layout.linear_modules, modules)
+    write_compressed_tensors(base, layout, modules, lambda ms: {m: quantized[m] for m in ms}, root / "ct",
+                             bits=bits, group_size=128, ignore=ignore)
+    repack_to_humming(root / "ct", root / "hm", bits=bits, ignore=ignore)
+    return root / "hm"
