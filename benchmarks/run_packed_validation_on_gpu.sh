@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The packed-experts validation path on the lent GPU machine: its GPU tests, then the benchmark
 # against the dequantized BF16 path (bench_packed_validation.py). Needs the wheels in .whl/ (the
-# project's pinned transformers and huggingface-hub, pydantic, compressed-tensors and their pure-Python
-# dependencies) and .whl/kernels/ (humming-kernels): see docs/benchmarks-packed-validation.md.
+# project's pinned transformers, pydantic, compressed-tensors and their pure-Python dependencies; the
+# machine's own huggingface-hub serves transformers) and .whl/kernels/ (humming-kernels): see
+# docs/benchmarks-packed-validation.md.
 # Usage: bash benchmarks/run_packed_validation_on_gpu.sh OUT_DIR [bench_packed_validation.py arguments]
 set -uo pipefail
 out=${1:?usage: run_packed_validation_on_gpu.sh OUT_DIR [bench args]}
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
+rm -rf /tmp/site  # a warm machine keeps the last call's packages
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     "$root"/.whl/*.whl "$root"/.whl/kernels/*.whl > "$out/pip.log" 2>&1 || { tail -5 "$out/pip.log"; exit 1; }
 mkdir -p /tmp/ns/dedicated
