@@ -70,3 +70,15 @@ def test_use_kernel_needs_cuda():
     w, h = problem(1, 4, 128, seed=2)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         gptq(w, h, 2, 128, GPTQConfig(use_kernel=True))
+
+
+def test_default_uses_the_kernel_only_where_it_runs():
+    """``use_kernel=None`` (the default) is the kernel on CUDA and the torch loop elsewhere, silently."""
+    assert GPTQConfig().use_kernel is None
+    cpu = torch.device("cpu")
+    assert gptq_module._block_loop(cpu, None) is gptq_module._quantize_block_torch
+    assert gptq_module._block_loop(cpu, False) is gptq_module._quantize_block_torch
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        gptq_module._block_loop(cpu, True)
+    w, h = problem(1, 4, 128, seed=2)
+    assert torch.equal(gptq(w, h, 2, 128).codes, gptq(w, h, 2, 128, GPTQConfig(use_kernel=False)).codes)

@@ -81,3 +81,13 @@ def test_kernel_flag_needs_cuda():
     init = gptq(w, h, 2, 128)
     with pytest.raises(ValueError, match="CUDA"):
         gsq(w, h, init.codes, init.scales, 2, 128, GSQConfig(steps=2, use_kernel=True))
+
+
+def test_default_kernel_setting_is_the_torch_path_on_the_cpu():
+    """``use_kernel=None`` (the default) means the kernel on CUDA only: on the CPU, the torch path."""
+    assert GSQConfig().use_kernel is None
+    w, h = correlated_problem(experts=1, out=8)
+    init = gptq(w, h, 2, 128)
+    auto = gsq(w, h, init.codes, init.scales, 2, 128, GSQConfig(steps=4, eval_every=2))
+    torch_path = gsq(w, h, init.codes, init.scales, 2, 128, GSQConfig(steps=4, eval_every=2, use_kernel=False))
+    assert torch.equal(auto.codes, torch_path.codes) and torch.equal(auto.scales, torch_path.scales)
