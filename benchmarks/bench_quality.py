@@ -70,7 +70,9 @@ def _coerce(value: str, current):
         return float(value)
     if isinstance(current, tuple):
         return tuple(type(c)(v) for c, v in zip(current, value.split(":")))
-    if current is None:
+    if current is None:  # an optional field: a switch left on "auto" (use_kernel) or a number
+        if value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
         return int(value) if value.isdigit() else value
     return value
 

@@ -9,6 +9,7 @@ the embeddings are left in BF16 as in the real job and cost only the layer forwa
 
     python benchmarks/bench_quant_throughput.py --samples 128 --seq 2048 --out-json out/throughput.json
     python benchmarks/bench_quant_throughput.py --smoke     # CPU, toy shapes
+    python benchmarks/bench_quant_throughput.py --methods gptq,gptq+kernel,gsq+kernel  # "+kernel": the method's Triton kernels
 
 Reference point: the 4-bit AutoRound checkpoint of that model took about 10.5 h on a GB10
 (DGX Spark); that is another GPU and another method, so the ratio is indicative only.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from dedicated.quantize_job.gptq import GPTQConfig
 from dedicated.quantize_job.gsq import GSQConfig
 from dedicated.quantize_job.layerwise import CalibrationConfig, quantize_model
 
@@ -49,7 +51,8 @@ def build_layer_model(hidden: int, experts: int, inter: int, top_k: int, layers:
     return model
 
 
-def time_method(model_fn, calib, method: str, bits: int, device, gsq_cfg: GSQConfig, cal: CalibrationConfig) -> dict:
+def time_method(model_fn, calib, method: str, bits: int, device, gsq_cfg: GSQConfig, cal: CalibrationConfig,
+                gptq_cfg: GPTQConfig = GPTQConfig()) -> dict:
     model = model_fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -59,7 +62,7 @@ def time_method(model_fn, calib, method: str, bits: int, device, gsq_cfg: GSQCon
     t0 = time.time()
     with tempfile.TemporaryDirectory() as state:
         res = quantize_model(model, calib, method=method, bits=bits, state_dir=state, device=device,
-                             gsq_config=gsq_cfg, calibration=cal,
+                             gptq_config=gptq_cfg, gsq_config=gsq_cfg, calibration=cal,
                              progress=lambda ev: layer_times.append(ev.layer_seconds) if ev.computed else None)
     wall = time.time() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -97,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in a.gsq:
         k, _, v = item.partition("=")
         cur = getattr(gsq_cfg, k)
-        val = v.lower() in ("1", "true") if isinstance(cur, bool) else type(cur)(v) if cur is not None else int(v)
+        if isinstance(cur, bool) or (cur is None and v.lower() in ("true", "false")):  # use_kernel: None = auto
+            val = v.lower() in ("1", "true")
+        else:
+            val = type(cur)(v) if cur is not None else int(v)
         gsq_cfg = dataclasses.replace(gsq_cfg, **{k: val})
     cal = CalibrationConfig(batch_size=8, min_tokens=16 if a.smoke else 256)
     g = torch.Generator().manual_seed(0)
@@ -107,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for item in a.methods.split(","):
         method, _, variant = item.partition("+")
-        cfg = dataclasses.replace(gsq_cfg, use_kernel=True) if variant == "kernel" else gsq_cfg
-        r = time_method(model_fn, calib, method, a.bits, device, cfg, cal)
+        # "+kernel": every Triton kernel the method has (GSQ: its GPTQ start and the relaxation)
+        # (without "+": the plain torch paths, as before the kernels became the default on CUDA)
+        kernel = variant == "kernel"
+        cfg = dataclasses.replace(gsq_cfg, use_kernel=kernel)
+        r = time_method(model_fn, calib, method, a.bits, device, cfg, cal, GPTQConfig(use_kernel=kernel))
         r["variant"] = variant or "torch"
         r["projected_model_hours"] = r["layer_seconds"] * a.layers_total / 3600
         results.append(r)
