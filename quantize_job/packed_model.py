@@ -2,8 +2,8 @@
 
 Why: the other way to run a Humming checkpoint here, dequantizing it to BF16 first
 (``validate.dequantize_humming_checkpoint``), needs the BF16 model's memory and a BF16 copy on disk:
-~70 GB for a 35B MoE whose 2-bit checkpoint is ~12 GB, so the model does not fit one GPU and
-validation streams layers from CPU memory. Here every routed-expert module is swapped for
+~70 GB for a 35B MoE whose 2-bit checkpoint is ~12-14 GB (the design card's reference checkpoints),
+so on one 80 GB GPU validation streams layers from CPU memory. Here every routed-expert module is swapped for
 :class:`PackedExperts`, which keeps the int32 words and bf16 group scales exactly as the checkpoint
 stores them and runs them through the bundled Triton MoE dequant-GEMM
 (``dedicated.kernels.moe_gemm.fused_moe``); everything else loads as BF16. What gets measured is the
@@ -14,7 +14,8 @@ falls back to the dequantized path): a transformers model whose experts modules 
 ``use_experts_implementation`` contract (3-D ``gate_up_proj`` ``[E, 2I, H]`` gate first, ``down_proj``
 ``[E, H, I]``, no bias, not transposed), every expert's gate/up/down stored as packed Linears under
 ``<experts>.<e>.<gate|up|down>`` names (the per-expert checkpoint layout), and every other model
-tensor present under its own name. Checkpoint tensors the model has no place for (an MTP head, a
+tensor present under its own name or the one transformers' loading renames it from (the
+multimodal Qwen3.5/3.6-MoE checkpoints' ``model.language_model.`` prefix). Checkpoint tensors the model has no place for (an MTP head, a
 vision tower read by another model class) are skipped, as ``from_pretrained`` skips them.
 
 The kernels run on CUDA; on the CPU only under Triton's interpreter (tests).
@@ -28,7 +29,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -100,12 +100,12 @@ def load_packed_model(checkpoint: Path, device: torch.device) -> nn.Module:
         spec = HummingSpec.from_quantization_config(raw.get("quantization_config") or {})
     except HummingFormatError as exc:
         raise PackedModelUnsupported(f"not a Humming checkpoint: {exc}") from None
-    header = _checkpoint_header(checkpoint)
     config = AutoConfig.from_pretrained(str(checkpoint))
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    header = _checkpoint_header(checkpoint, _key_renamer(model))
     sites = [_swap_experts(model, name, module, spec.bits, spec.group_size, header)
              for name, module in list(model.named_modules()) if _is_experts_module(module)]
     if not sites:
@@ -119,16 +119,43 @@ def load_packed_model(checkpoint: Path, device: torch.device) -> nn.Module:
     return model
 
 
-def _checkpoint_header(checkpoint: Path) -> dict[str, tuple[str, torch.dtype, tuple[int, ...]]]:
-    """Every tensor of the checkpoint: name -> (shard file, dtype, shape), without reading data."""
+@dataclass(frozen=True)
+class _Stored:
+    """One checkpoint tensor, by the name the model knows it under."""
+
+    file: str
+    key: str  # the name in the checkpoint
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def _key_renamer(model: nn.Module) -> Callable[[str], str]:
+    """The checkpoint-to-model renames transformers applies while loading this model class.
+
+    Only its renamings (a ``model.language_model.`` prefix dropped for the Qwen3.5/3.6-MoE text
+    model, legacy names); its converters fuse the per-expert BF16 tensors, which this loader does
+    itself for the packed ones. Without that part of transformers, names are taken as they are.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, apply_renamings
+    except ImportError:  # another transformers: checkpoint names must be the model's own
+        return lambda key: key
+    renamings = [t for t in get_model_conversion_mapping(model)
+                 if isinstance(t, WeightRenaming) and not isinstance(t, WeightConverter)]
+    return lambda key: apply_renamings(key, renamings) if renamings else key
+
+
+def _checkpoint_header(checkpoint: Path, rename: Callable[[str], str]) -> dict[str, _Stored]:
+    """Every tensor of the checkpoint by its model name, without reading data."""
     from safetensors import safe_open
 
-    header: dict[str, tuple[str, torch.dtype, tuple[int, ...]]] = {}
+    header: dict[str, _Stored] = {}
     for shard in sorted(checkpoint.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as f:
             for key in f.keys():
                 sl = f.get_slice(key)
-                header[key] = (shard.name, _DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
+                header[rename(key)] = _Stored(shard.name, key, _DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
     if not header:
         raise PackedModelUnsupported(f"{checkpoint} holds no safetensors shards")
     return header
@@ -147,7 +174,7 @@ def _is_experts_module(module: nn.Module) -> bool:
 
 
 def _swap_experts(model: nn.Module, name: str, module: nn.Module, bits: int, group_size: int,
-                  header: dict[str, tuple[str, torch.dtype, tuple[int, ...]]]) -> _ExpertsSite:
+                  header: dict[str, _Stored]) -> _ExpertsSite:
     """Replace one experts module by a :class:`PackedExperts` (on meta) and name its checkpoint tensors."""
     for flag, wanted in (("has_gate", True), ("has_bias", False), ("is_transposed", False),
                          ("is_concatenated", True), ("has_post_expert_norm", False)):
@@ -161,16 +188,16 @@ def _swap_experts(model: nn.Module, name: str, module: nn.Module, bits: int, gro
     packed = PackedExperts(e, hidden, intermediate, bits, group_size, module._apply_gate)
     for weight, (expert, role) in names.items():
         want = tuple(packed.slots(expert, intermediate)[role][0].shape)
-        got = header[weight][2]
-        if header[weight][1] != torch.int32 or got != want or f"{weight}_scale" not in header:
-            raise PackedModelUnsupported(f"{weight}: expected packed int32 {want} with a weight_scale, "
-                                         f"found {header[weight][1]} {got}")
+        stored = header[weight]
+        if stored.dtype != torch.int32 or stored.shape != want or f"{weight}_scale" not in header:
+            raise PackedModelUnsupported(f"{stored.key}: expected packed int32 {want} with a weight_scale, "
+                                         f"found {stored.dtype} {stored.shape}")
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, packed)
     return _ExpertsSite(name=name, module=packed, intermediate=intermediate, names=names)
 
 
-def _expert_names(name: str, experts: int, header: dict[str, Any]) -> dict[str, tuple[int, str]]:
+def _expert_names(name: str, experts: int, header: dict[str, _Stored]) -> dict[str, tuple[int, str]]:
     for gate, up, down in EXPERT_PROJECTION_NAMES:
         names = {f"{name}.{e}.{proj}.weight": (e, role) for e in range(experts)
                  for proj, role in ((gate, "gate"), (up, "up"), (down, "down"))}
@@ -180,8 +207,8 @@ def _expert_names(name: str, experts: int, header: dict[str, Any]) -> dict[str, 
                                  f"per-expert packed Linears ({name}.<e>.gate_proj.weight or .w1.weight)")
 
 
-def _load_tensors(model: nn.Module, checkpoint: Path, header: dict[str, tuple[str, torch.dtype, tuple[int, ...]]],
-                  sites: list[_ExpertsSite], device: torch.device) -> set[str]:
+def _load_tensors(model: nn.Module, checkpoint: Path, header: dict[str, _Stored], sites: list[_ExpertsSite],
+                  device: torch.device) -> set[str]:
     """Copy every checkpoint tensor the model has a place for; returns the model names filled."""
     from safetensors import safe_open
 
@@ -191,33 +218,38 @@ def _load_tensors(model: nn.Module, checkpoint: Path, header: dict[str, tuple[st
     skipped = 0
     with ExitStack() as stack:
         shards = {file: stack.enter_context(safe_open(str(checkpoint / file), framework="pt", device=str(device)))
-                  for file in sorted({v[0] for v in header.values()})}
-        for key, (file, dtype, shape) in sorted(header.items()):
-            if key in expert_of:
-                site, expert, role = expert_of[key]
+                  for file in sorted({v.file for v in header.values()})}
+
+        def read(name: str) -> torch.Tensor:
+            return shards[header[name].file].get_tensor(header[name].key)
+
+        for name, stored in sorted(header.items()):
+            if name in expert_of:
+                site, expert, role = expert_of[name]
                 words, scales = site.module.slots(expert, site.intermediate)[role]
-                words.copy_(shards[file].get_tensor(key))
-                scale_key = f"{key}_scale"
-                scale = shards[header[scale_key][0]].get_tensor(scale_key)
+                words.copy_(read(name))
+                scale = read(f"{name}_scale")
                 if tuple(scale.shape) != tuple(scales.shape):
-                    raise PackedModelUnsupported(f"{scale_key}: shape {tuple(scale.shape)}, expected {tuple(scales.shape)}")
+                    raise PackedModelUnsupported(f"{stored.key}_scale: shape {tuple(scale.shape)}, "
+                                                 f"expected {tuple(scales.shape)}")
                 scales.copy_(scale)
                 loaded.update(f"{site.name}.{b}" for b in ("w13", "s13", "w2", "s2"))
                 continue
-            if key.endswith(".weight_scale") and key[: -len("_scale")] in expert_of:
+            if name.endswith(".weight_scale") and name[: -len("_scale")] in expert_of:
                 continue
-            target = targets.get(key)
+            target = targets.get(name)
             if target is None:
                 skipped += 1
                 continue
-            if dtype == torch.int32 and target.dtype != torch.int32:
-                raise PackedModelUnsupported(f"{key} is packed but the model runs it as a BF16 "
+            if stored.dtype == torch.int32 and target.dtype != torch.int32:
+                raise PackedModelUnsupported(f"{stored.key} is packed but the model runs it as a BF16 "
                                              "Linear: only routed experts can run packed")
-            if shape != tuple(target.shape):
-                raise PackedModelUnsupported(f"{key}: checkpoint shape {shape}, model shape {tuple(target.shape)}")
+            if stored.shape != tuple(target.shape):
+                raise PackedModelUnsupported(f"{stored.key}: checkpoint shape {stored.shape}, "
+                                             f"model shape {tuple(target.shape)}")
             with torch.no_grad():
-                target.copy_(shards[file].get_tensor(key))
-            loaded.add(key)
+                target.copy_(read(name))
+            loaded.add(name)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(set(targets) - loaded - tied)
     if missing:

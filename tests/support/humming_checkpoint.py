@@ -8,9 +8,13 @@ import torch
 from safetensors import safe_open
 
 
-def tiny_humming_checkpoint(root: Path, bits: int, extra_modules: tuple[str, ...] = ()) -> Path:
-    """A random tiny Qwen2-MoE saved as a Hub checkpoint, its routed experts (plus ``extra_modules``)
-    RTN-quantized and exported through the Job's compressed-tensors writer and Humming repack."""
+def tiny_humming_checkpoint(root: Path, bits: int, extra_modules: tuple[str, ...] = (), model=None,
+                            language_model_prefix: bool = False) -> Path:
+    """A random tiny MoE (``model``, default a Qwen2-MoE) saved as a Hub checkpoint, its routed experts
+    (plus ``extra_modules``) RTN-quantized and exported through the Job's compressed-tensors writer
+    and Humming repack. ``language_model_prefix``: the checkpoint names its decoder
+    ``model.language_model.*``, as the multimodal Qwen3.5/3.6-MoE checkpoints do."""
+    from safetensors.torch import save_file
     from transformers import Qwen2MoeForCausalLM
 
     from dedicated.quantize_job.config import parse_config
@@ -20,9 +24,16 @@ def tiny_humming_checkpoint(root: Path, bits: int, extra_modules: tuple[str, ...
     from dedicated.quantize_job.tinymoe.config import tiny_moe_config
 
     torch.manual_seed(0)
-    model = Qwen2MoeForCausalLM(tiny_moe_config("test")).to(torch.bfloat16)
+    if model is None:
+        model = Qwen2MoeForCausalLM(tiny_moe_config("test"))
     base = root / "base"
-    model.save_pretrained(base)
+    model.to(torch.bfloat16).save_pretrained(base)
+    if language_model_prefix:
+        for shard in base.glob("*.safetensors"):
+            with safe_open(str(shard), framework="pt") as f:
+                renamed = {k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k:
+                           f.get_tensor(k) for k in f.keys()}
+            save_file(renamed, str(shard), metadata={"format": "pt"})
     # The Job makes Humming checkpoints at 2 bits (GSQ); the format and the kernels also take 4.
     cfg = parse_config({"model": {"path": str(base)}, "method": "gsq", "bits": 2,
                         "output": {"dir": str(root / "o"), "volume": {}}})

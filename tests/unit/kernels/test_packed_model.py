@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from dedicated.quantize_job.packed_model import PackedExperts, PackedModelUnsupported, load_packed_model
 from dedicated.quantize_job.validate import dequantize_humming_checkpoint, load_model, measure_model, perplexity
@@ -86,3 +87,30 @@ def test_bf16_experts_are_refused(humming_2bit: Path, tmp_path: Path) -> None:
     (deq / "config.json").write_text((humming_2bit / "config.json").read_text())
     with pytest.raises(PackedModelUnsupported, match="expected packed int32"):
         load_packed_model(deq, torch.device("cpu"))
+
+
+def test_reference_architecture_with_multimodal_checkpoint_names(tmp_path: Path) -> None:
+    """The Qwen3.5/3.6-MoE text model (gated DeltaNet and gated attention layers, a shared expert),
+    its checkpoint naming the decoder ``model.language_model.*`` as the multimodal release does:
+    transformers' own renames map the names, the experts run packed."""
+    from transformers.models.qwen3_5_moe import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+
+    config = Qwen3_5MoeTextConfig(
+        vocab_size=300, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128,
+        shared_expert_intermediate_size=128, linear_num_value_heads=2, linear_num_key_heads=1,
+        linear_key_head_dim=64, linear_value_head_dim=64, layer_types=["linear_attention", "full_attention"])
+    torch.manual_seed(0)
+    checkpoint = tiny_humming_checkpoint(tmp_path, 2, model=Qwen3_5MoeForCausalLM(config),
+                                         language_model_prefix=True)
+    names = set()
+    for shard in checkpoint.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            names.update(f.keys())
+    assert "model.language_model.layers.0.mlp.experts.0.gate_proj.weight_scale" in names
+    packed = load_packed_model(checkpoint, torch.device("cpu"))
+    assert sum(isinstance(m, PackedExperts) for m in packed.modules()) == 2
+    reference = load_model(dequantize_humming_checkpoint(checkpoint, tmp_path / "deq"), torch.device("cpu"))
+    ids = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert _rel(packed(input_ids=ids).logits, reference(input_ids=ids).logits) < 2e-2
