@@ -14,18 +14,22 @@ from dedicated.quantize_job.packed_model import load_packed_model
 from dedicated.quantize_job.validate import dequantize_humming_checkpoint, load_model, perplexity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support.humming_checkpoint import tiny_humming_checkpoint  # noqa: E402
+from support.humming_checkpoint import tiny_humming_checkpoint, tiny_qwen3_5_moe  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("bits", [2, 4])
-def test_packed_model_on_cuda_matches_the_dequantized_model(bits: int, tmp_path: Path) -> None:
-    checkpoint = tiny_humming_checkpoint(tmp_path, bits)
+@pytest.mark.parametrize("bits,arch", [(2, "qwen2_moe"), (4, "qwen2_moe"), (2, "qwen3_5_moe")])
+def test_packed_model_on_cuda_matches_the_dequantized_model(bits: int, arch: str, tmp_path: Path) -> None:
+    """Qwen2-MoE, and the reference architecture with the multimodal release's checkpoint names."""
+    if arch == "qwen3_5_moe":
+        checkpoint = tiny_humming_checkpoint(tmp_path, bits, model=tiny_qwen3_5_moe(), language_model_prefix=True)
+    else:
+        checkpoint = tiny_humming_checkpoint(tmp_path, bits)
     cuda = torch.device("cuda")
     packed = load_packed_model(checkpoint, cuda)
     reference = load_model(dequantize_humming_checkpoint(checkpoint, tmp_path / "deq"), cuda)
-    ids = torch.randint(0, 200, (4, 128), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, 256, (4, 128), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         got = packed(input_ids=ids.cuda()).logits.float()
         want = reference(input_ids=ids.cuda()).logits.float()

@@ -49,3 +49,17 @@ def tiny_humming_checkpoint(root: Path, bits: int, extra_modules: tuple[str, ...
                              bits=bits, group_size=128, ignore=ignore)
     repack_to_humming(root / "ct", root / "hm", bits=bits, ignore=ignore)
     return root / "hm"
+
+
+def tiny_qwen3_5_moe():
+    """A random two-layer Qwen3.5/3.6-MoE text model (a gated DeltaNet layer, a gated attention layer,
+    4 routed experts + a shared expert): the reference architecture at test size."""
+    from transformers.models.qwen3_5_moe import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+
+    config = Qwen3_5MoeTextConfig(
+        vocab_size=300, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128,
+        shared_expert_intermediate_size=128, linear_num_value_heads=2, linear_num_key_heads=1,
+        linear_key_head_dim=64, linear_value_head_dim=64, layer_types=["linear_attention", "full_attention"])
+    torch.manual_seed(0)
+    return Qwen3_5MoeForCausalLM(config)

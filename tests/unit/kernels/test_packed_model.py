@@ -15,7 +15,7 @@ from dedicated.quantize_job.packed_model import PackedExperts, PackedModelUnsupp
 from dedicated.quantize_job.validate import dequantize_humming_checkpoint, load_model, measure_model, perplexity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from support.humming_checkpoint import tiny_humming_checkpoint  # noqa: E402
+from support.humming_checkpoint import tiny_humming_checkpoint, tiny_qwen3_5_moe  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[2, 4])
@@ -93,16 +93,7 @@ def test_reference_architecture_with_multimodal_checkpoint_names(tmp_path: Path)
     """The Qwen3.5/3.6-MoE text model (gated DeltaNet and gated attention layers, a shared expert),
     its checkpoint naming the decoder ``model.language_model.*`` as the multimodal release does:
     transformers' own renames map the names, the experts run packed."""
-    from transformers.models.qwen3_5_moe import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
-
-    config = Qwen3_5MoeTextConfig(
-        vocab_size=300, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=64, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128,
-        shared_expert_intermediate_size=128, linear_num_value_heads=2, linear_num_key_heads=1,
-        linear_key_head_dim=64, linear_value_head_dim=64, layer_types=["linear_attention", "full_attention"])
-    torch.manual_seed(0)
-    checkpoint = tiny_humming_checkpoint(tmp_path, 2, model=Qwen3_5MoeForCausalLM(config),
-                                         language_model_prefix=True)
+    checkpoint = tiny_humming_checkpoint(tmp_path, 2, model=tiny_qwen3_5_moe(), language_model_prefix=True)
     names = set()
     for shard in checkpoint.glob("*.safetensors"):
         with safe_open(str(shard), framework="pt") as f:
