@@ -54,34 +54,58 @@ def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
     return triton.cdiv(num_pairs, block_m) + min(num_pairs, num_experts)
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERouting:
-    """Sort ``M * top_k`` (token, expert) pairs by expert and pad each expert to ``block_m``."""
+@dataclass(frozen=True)
+class ExpertOrder:
+    """The (token, expert) pairs of one routing sorted by expert: what every ``block_m`` shares.
+
+    ``fused_moe``'s two GEMMs may want different ``block_m``; sorting once (the costliest part of
+    the alignment on a GPU: a radix sort) serves both.
+    """
+
+    order: torch.Tensor  # int64 [pairs]: pair indices sorted by expert (stable)
+    sorted_experts: torch.Tensor  # int64 [pairs]: their experts
+    counts: torch.Tensor  # int64 [E]: pairs per expert
+    count_starts: torch.Tensor  # int64 [E]: first sorted position of each expert
+    num_tokens: int
+    top_k: int
+    num_experts: int
+
+
+def expert_order(topk_ids: torch.Tensor, num_experts: int) -> ExpertOrder:
+    """Sort ``M * top_k`` (token, expert) pairs by expert, once per routing decision."""
     if topk_ids.dim() != 2:
         raise ValueError(f"topk_ids must be [M, top_k], got {tuple(topk_ids.shape)}")
     if topk_ids.dtype.is_floating_point:
         raise TypeError("topk_ids must be an integer tensor")
-    if block_m <= 0:
-        raise ValueError(f"block_m must be positive, got {block_m}")
     m, top_k = topk_ids.shape
-    device = topk_ids.device
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    pairs = flat.numel()
-    if pairs and not torch.compiler.is_compiling() and flat.device.type == "cpu":
+    flat = topk_ids.reshape(-1)
+    if flat.numel() and not torch.compiler.is_compiling() and flat.device.type == "cpu":
         lo, hi = int(flat.min()), int(flat.max())
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"expert ids must lie in [0, {num_experts}), got [{lo}, {hi}]")
-    nb = max_blocks(pairs, num_experts, block_m)
+    # 32-bit keys: half the radix passes of int64 ones on a GPU (expert ids are small)
+    sorted_experts, order = torch.sort(flat.to(torch.int32), stable=True)
     counts = torch.bincount(flat, minlength=num_experts)[:num_experts]
-    padded = (counts + block_m - 1) // block_m * block_m
+    return ExpertOrder(order=order, sorted_experts=sorted_experts.to(torch.int64), counts=counts,
+                       count_starts=torch.cumsum(counts, 0) - counts, num_tokens=m, top_k=top_k,
+                       num_experts=num_experts)
+
+
+def align_to_blocks(sorted_pairs: ExpertOrder, block_m: int) -> MoERouting:
+    """Pad each expert's sorted pairs to a multiple of ``block_m``: one GEMM's routing layout."""
+    if block_m <= 0:
+        raise ValueError(f"block_m must be positive, got {block_m}")
+    so, num_experts = sorted_pairs, sorted_pairs.num_experts
+    pairs = so.order.numel()
+    device = so.order.device
+    nb = max_blocks(pairs, num_experts, block_m)
+    padded = (so.counts + block_m - 1) // block_m * block_m
     ends = torch.cumsum(padded, 0)
     starts = ends - padded
-    count_starts = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(flat, stable=True)
-    sorted_experts = flat[order]
-    rank = torch.arange(pairs, device=device) - count_starts[sorted_experts]
-    position = starts[sorted_experts] + rank
+    rank = torch.arange(pairs, device=device) - so.count_starts[so.sorted_experts]
+    position = starts[so.sorted_experts] + rank
     sorted_ids = torch.full((nb * block_m,), pairs, dtype=torch.int32, device=device)
-    sorted_ids[position] = order.to(torch.int32)
+    sorted_ids[position] = so.order.to(torch.int32)
     block_starts = torch.arange(nb, device=device, dtype=torch.int64) * block_m
     expert_ids = torch.searchsorted(ends, block_starts, right=True).clamp_(max=num_experts - 1)
     num_padded = ends[-1:].to(torch.int32) if num_experts else torch.zeros(1, dtype=torch.int32, device=device)
@@ -89,11 +113,18 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERout
         sorted_ids=sorted_ids,
         expert_ids=expert_ids.to(torch.int32),
         num_padded=num_padded,
-        num_tokens=m,
-        top_k=top_k,
+        num_tokens=so.num_tokens,
+        top_k=so.top_k,
         num_experts=num_experts,
         block_m=block_m,
     )
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoERouting:
+    """Sort ``M * top_k`` (token, expert) pairs by expert and pad each expert to ``block_m``."""
+    if block_m <= 0:
+        raise ValueError(f"block_m must be positive, got {block_m}")
+    return align_to_blocks(expert_order(topk_ids, num_experts), block_m)
 
 
 def default_moe_config(num_tokens: int, top_k: int, num_experts: int, n: int, k: int, bits: int,
@@ -207,8 +238,9 @@ def fused_moe(
     cfg13 = gate_up_config or default_moe_config(m, top_k, e, n13, k, bits, pair_ordered, w13.dim() == 4, pair_tile_k)
     cfg2 = down_config or default_moe_config(m, top_k, e, w2.shape[-2], n13 // 2, bits, pair_ordered, w2.dim() == 4,
                                              down_tile)
-    r13 = moe_align(topk_ids, e, cfg13.block_m)
-    r2 = r13 if cfg2.block_m == cfg13.block_m else moe_align(topk_ids, e, cfg2.block_m)
+    pairs_by_expert = expert_order(topk_ids, e)
+    r13 = align_to_blocks(pairs_by_expert, cfg13.block_m)
+    r2 = r13 if cfg2.block_m == cfg13.block_m else align_to_blocks(pairs_by_expert, cfg2.block_m)
     h = moe_gemm(x, w13, s13, r13, bits, group_size, offset, config=cfg13, pair_ordered=pair_ordered,
                  pair_tile_k=pair_tile_k)
     a = activation(h)

@@ -7,7 +7,7 @@ import torch
 
 from dedicated.kernels import reference as ref
 from dedicated.kernels.gemm_config import GemmConfig
-from dedicated.kernels.moe_gemm import fused_moe, max_blocks, moe_align, moe_gemm
+from dedicated.kernels.moe_gemm import align_to_blocks, expert_order, fused_moe, max_blocks, moe_align, moe_gemm
 from dedicated.quantize_job.bitpack import pack
 
 E = 8
@@ -54,6 +54,21 @@ def test_moe_align_layout(block_m):
         assert members.numel() > 0, "no block is pure padding"
         assert (flat[members] == r.expert_ids[b]).all(), "a block holds one expert's pairs"
     assert not set(r.expert_ids[: used // block_m].tolist()) & {6, 7}, "zero-token experts get no block"
+
+
+def test_one_sort_serves_every_block_size():
+    """fused_moe sorts a routing once and pads it for each GEMM's block_m: the same layouts as
+    aligning from scratch, pairs of one expert kept in token order (a stable sort)."""
+    ids, _ = routing(11, 4, seed=5)
+    pairs_by_expert = expert_order(ids, E)
+    for block_m in (1, 8, 16):
+        want, got = moe_align(ids, E, block_m), align_to_blocks(pairs_by_expert, block_m)
+        for field in ("sorted_ids", "expert_ids", "num_padded"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), (block_m, field)
+    flat = ids.reshape(-1)
+    for e in range(E):
+        mine = pairs_by_expert.order[pairs_by_expert.sorted_experts == e]
+        assert torch.equal(mine, torch.nonzero(flat == e).flatten()), "stable: token order within an expert"
 
 
 def test_moe_align_rejects_bad_input():
