@@ -246,4 +246,4 @@ def fused_moe(
     a = activation(h)
     y = moe_gemm(a, w2, s2, r2, bits, group_size, offset, topk_weights=topk_weights, config=cfg2,
                  pair_ordered=pair_ordered, pair_tile_k=down_tile)
-    return y.view(m, top_k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return y.view(m, top_k, y.shape[-1]).sum(dim=1, dtype=torch.float32).to(x.dtype)

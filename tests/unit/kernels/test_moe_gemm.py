@@ -167,6 +167,9 @@ def test_fused_moe_matches_reference():
     want = ref.fused_moe_ref(x, w13, s13, w2, s2, ids, weights, bits, group)
     assert got.shape == (m, hidden) and got.dtype == torch.bfloat16
     assert rel_err(got, want) < 2e-2  # bf16 intermediates (the interpreter truncates, no rounding)
+    # no tokens (an empty batch reaching a layer): an empty result, not a reshape error
+    empty = fused_moe(x[:0], w13, s13, w2, s2, ids[:0], weights[:0], bits, group)
+    assert empty.shape == (0, hidden) and empty.dtype == torch.bfloat16
 
 
 def test_moe_gemm_rejects_mismatches():
