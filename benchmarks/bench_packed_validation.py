@@ -92,9 +92,21 @@ def _reset() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
+def _two_passes(model, windows: torch.Tensor) -> dict:
+    """Two perplexity passes, timed: the first compiles what it needs (Triton), the second is warm."""
+    from dedicated.quantize_job.validate import perplexity
+
+    t = time.perf_counter()
+    first = perplexity(model, windows)
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ppl = perplexity(model, windows)
+    return {"first_pass_s": first_s, "pass_s": time.perf_counter() - t, "perplexity": ppl, "first_perplexity": first}
+
+
 def measure_packed(checkpoint: Path, windows: torch.Tensor) -> dict:
     from dedicated.quantize_job.packed_model import load_packed_model
-    from dedicated.quantize_job.validate import free, perplexity
+    from dedicated.quantize_job.validate import free
 
     _reset()
     t = time.perf_counter()
@@ -102,21 +114,15 @@ def measure_packed(checkpoint: Path, windows: torch.Tensor) -> dict:
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t
     resident = torch.cuda.memory_allocated()
-    t = time.perf_counter()
-    first = perplexity(model, windows)
-    first_s = time.perf_counter() - t
-    t = time.perf_counter()
-    ppl = perplexity(model, windows)
-    ppl_s = time.perf_counter() - t
-    row = {"engine": "packed", "prepare_s": 0.0, "load_s": load_s, "first_pass_s": first_s, "pass_s": ppl_s,
+    row = {"engine": "packed", "prepare_s": 0.0, "load_s": load_s, **_two_passes(model, windows),
            "model_gib": _gib(resident), "peak_gib": _gib(torch.cuda.max_memory_allocated()),
-           "disk_written_gib": 0.0, "offloaded": False, "perplexity": ppl, "first_perplexity": first}
+           "disk_written_gib": 0.0, "offloaded": False}
     free(model)
     return row
 
 
 def measure_dequantized(checkpoint: Path, scratch: Path, windows: torch.Tensor) -> dict:
-    from dedicated.quantize_job.validate import dequantize_humming_checkpoint, free, load_model, perplexity
+    from dedicated.quantize_job.validate import dequantize_humming_checkpoint, free, load_model
 
     _reset()
     t = time.perf_counter()
@@ -128,16 +134,9 @@ def measure_dequantized(checkpoint: Path, scratch: Path, windows: torch.Tensor) 
     load_s = time.perf_counter() - t
     resident = torch.cuda.memory_allocated()
     offloaded = any(d in ("cpu", "disk") for d in (getattr(model, "hf_device_map", None) or {}).values())
-    t = time.perf_counter()
-    first = perplexity(model, windows)
-    first_s = time.perf_counter() - t
-    t = time.perf_counter()
-    ppl = perplexity(model, windows)
-    ppl_s = time.perf_counter() - t
-    row = {"engine": "dequantized", "prepare_s": prepare_s, "load_s": load_s, "first_pass_s": first_s,
-           "pass_s": ppl_s, "model_gib": _gib(resident), "peak_gib": _gib(torch.cuda.max_memory_allocated()),
-           "disk_written_gib": _gib(_dir_bytes(bf16)), "offloaded": offloaded, "perplexity": ppl,
-           "first_perplexity": first}
+    row = {"engine": "dequantized", "prepare_s": prepare_s, "load_s": load_s, **_two_passes(model, windows),
+           "model_gib": _gib(resident), "peak_gib": _gib(torch.cuda.max_memory_allocated()),
+           "disk_written_gib": _gib(_dir_bytes(bf16)), "offloaded": offloaded}
     free(model)
     shutil.rmtree(bf16, ignore_errors=True)
     return row
