@@ -145,7 +145,7 @@ def _block_loop(device: torch.device, use_kernel: bool | None):
     if use_kernel is None:
         try:
             return _fused_block(device)
-        except (ValueError, ImportError):  # no CUDA device or no Triton: the torch loop, same codes
+        except (ValueError, ImportError):  # no CUDA device or no Triton: the reference torch loop
             return _quantize_block_torch
     return _fused_block(device)
 
